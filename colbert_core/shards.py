@@ -1,0 +1,207 @@
+"""Token-embedding shards: the Parquet files an encode job writes and every later stage reads.
+
+A shard holds consecutive documents of the corpus order. Columns:
+
+``doc_id`` (string), ``doc_index`` (int64, position in the corpus), ``n_tokens`` (int32) and
+``embeddings`` (large_binary: the document's ``(n_tokens, dim)`` matrix as little-endian
+float16, row-major). Schema metadata records ``colbert_batch.dim``, ``colbert_batch.dtype``
+and ``colbert_batch.model_fingerprint``. Plain pyarrow and numpy read it::
+
+    t = pyarrow.parquet.read_table("shard-00000.parquet")
+    dim = int(t.schema.metadata[b"colbert_batch.dim"])
+    tokens = np.frombuffer(b"".join(t["embeddings"].to_pylist()), "<f2").reshape(-1, dim)
+
+Raw bytes rather than ``list<float16>``: Parquet writes list columns value by value (with
+repetition levels), which measured 4-8x slower to write and read than one binary value per
+document (3.2 s vs 0.8 s to write, 2.5 s vs 0.4 s to read a 370 MB shard).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import write_bytes_atomic
+
+SHARD_DIR = "embeddings"
+META_DIM = b"colbert_batch.dim"
+META_DTYPE = b"colbert_batch.dtype"
+META_FINGERPRINT = b"colbert_batch.model_fingerprint"
+
+
+class ShardError(ValueError):
+    """A shard file is missing, truncated, corrupt or inconsistent with its manifest."""
+
+
+def shard_name(shard_id: int) -> str:
+    return f"shard-{shard_id:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """One shard in memory.
+
+    Attributes
+    ----------
+    doc_ids
+        External ids, one per document.
+    doc_index
+        ``(n_docs,)`` int64 global corpus positions.
+    offsets
+        ``(n_docs + 1,)`` int64; document ``i`` owns ``tokens[offsets[i]:offsets[i+1]]``.
+    tokens
+        ``(n_tokens, dim)`` float16.
+    """
+
+    doc_ids: list[str]
+    doc_index: np.ndarray
+    offsets: np.ndarray
+    tokens: np.ndarray
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.doc_ids)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What the manifest records about a written shard."""
+
+    shard_id: int
+    name: str
+    first_doc: int
+    n_docs: int
+    n_tokens: int
+    bytes: int
+    sha256: str
+
+
+def build_shard(
+    doc_ids: Sequence[str],
+    doc_index: Sequence[int],
+    vectors: Sequence[np.ndarray],
+    dim: int,
+    fingerprint: str,
+) -> bytes:
+    """Serialise documents' token matrices into Parquet bytes (float16)."""
+    lengths = np.fromiter((v.shape[0] for v in vectors), dtype=np.int32, count=len(vectors))
+    for v in vectors:
+        if v.ndim != 2 or v.shape[1] != dim:
+            raise ShardError(f"expected (n_tokens, {dim}) arrays, got {v.shape}")
+    flat = (
+        np.concatenate([v.astype("<f2", copy=False) for v in vectors]).reshape(-1)
+        if vectors
+        else np.zeros(0, "<f2")
+    )
+    offsets = np.zeros(len(vectors) + 1, dtype=np.int64)
+    np.cumsum(lengths.astype(np.int64) * (dim * 2), out=offsets[1:])
+    # large_binary: 64-bit offsets, so a shard may exceed 2 GiB.
+    embeddings = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(),
+        len(vectors),
+        [None, pa.py_buffer(offsets), pa.py_buffer(flat.view(np.uint8))],
+    )
+    schema = pa.schema(
+        [
+            ("doc_id", pa.string()),
+            ("doc_index", pa.int64()),
+            ("n_tokens", pa.int32()),
+            ("embeddings", pa.large_binary()),
+        ],
+        metadata={META_DIM: str(dim), META_DTYPE: "float16", META_FINGERPRINT: fingerprint},
+    )
+    table = pa.Table.from_arrays(
+        [
+            pa.array(list(doc_ids), pa.string()),
+            pa.array(np.asarray(doc_index, dtype=np.int64)),
+            pa.array(lengths),
+            embeddings,
+        ],
+        schema=schema,
+    )
+    buf = io.BytesIO()
+    # float16 vectors are high-entropy: compressing them costs seconds per shard and saves
+    # a few percent, so only the id columns are compressed.
+    pq.write_table(
+        table,
+        buf,
+        compression={
+            "doc_id": "zstd",
+            "doc_index": "zstd",
+            "n_tokens": "zstd",
+            "embeddings": "none",
+        },
+        use_dictionary=False,
+        # min/max statistics of 100 KB binary blobs are useless and slow to compute.
+        write_statistics=["doc_id", "doc_index", "n_tokens"],
+    )
+    return buf.getvalue()
+
+
+def write_shard(
+    root: str | Path, shard_id: int, first_doc: int, data: bytes, n_docs: int, n_tokens: int
+) -> ShardInfo:
+    """Write serialised shard bytes atomically and describe them for the manifest."""
+    name = shard_name(shard_id)
+    write_bytes_atomic(Path(root) / SHARD_DIR / name, data)
+    return ShardInfo(
+        shard_id=shard_id,
+        name=name,
+        first_doc=first_doc,
+        n_docs=n_docs,
+        n_tokens=n_tokens,
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def read_shard(path: str | Path | io.BytesIO, *, dim: int | None = None) -> ShardData:
+    """Read a shard file into memory, validating its structure.
+
+    Raises
+    ------
+    ShardError
+        When the file is missing, unreadable, or its columns disagree with each other or
+        with ``dim``.
+    """
+    source = path if isinstance(path, io.BytesIO) else Path(path)
+    try:
+        table = pq.read_table(source)
+    except FileNotFoundError as exc:
+        raise ShardError(f"missing shard {path}") from exc
+    except (pa.ArrowException, OSError) as exc:
+        raise ShardError(f"corrupt or truncated shard {path}: {exc}") from exc
+    meta = table.schema.metadata or {}
+    if META_DIM not in meta:
+        raise ShardError(f"{path}: not a colbert-batch shard (no {META_DIM.decode()} metadata)")
+    file_dim = int(meta[META_DIM])
+    if dim is not None and file_dim != dim:
+        raise ShardError(f"{path}: dim {file_dim} differs from the expected {dim}")
+    lengths = table["n_tokens"].to_numpy().astype(np.int64)
+    emb = table["embeddings"].combine_chunks()
+    if emb.null_count:
+        raise ShardError(f"{path}: {emb.null_count} documents have null embeddings")
+    byte_offsets = np.frombuffer(emb.buffers()[1], np.int64)[emb.offset : emb.offset + len(emb) + 1]
+    raw = np.frombuffer(emb.buffers()[2], np.uint8)[byte_offsets[0] : byte_offsets[-1]]
+    if not np.array_equal(np.diff(byte_offsets), lengths * (file_dim * 2)):
+        raise ShardError(f"{path}: embedding sizes disagree with n_tokens x dim x 2 bytes")
+    tokens = raw.view("<f2").reshape(-1, file_dim)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return ShardData(
+        doc_ids=table["doc_id"].to_pylist(),
+        doc_index=table["doc_index"].to_numpy(),
+        offsets=offsets,
+        tokens=tokens,
+    )

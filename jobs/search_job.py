@@ -1,0 +1,181 @@
+"""`colbert-batch search --exact` and `colbert-batch evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from colbert_core import load_encoder
+from colbert_core.data import OnBadRecord, RejectLog, load_qrels, load_queries
+from colbert_core.encoder import EncoderSettings
+from colbert_core.evaluation import evaluate, format_table, parse_measures, write_evaluation
+from colbert_core.exact import exact_search
+from colbert_core.runs import read_trec_run, write_trec_run
+from colbert_core.store import EmbeddingStore, ManifestError
+
+from ._console import progress_bar
+
+logger = logging.getLogger(__name__)
+
+
+def add_search_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        required=True,
+        help="exhaustive MaxSim over every document (the only mode so far)",
+    )
+    p.add_argument("--embeddings", required=True, help="encode output folder (ROOT)")
+    p.add_argument(
+        "--queries", required=True, help="BEIR folder, beir:<name>, irds:<id>, or a queries file"
+    )
+    p.add_argument(
+        "--qrels",
+        default=None,
+        help="qrels source (default: the queries source when it is a dataset)",
+    )
+    p.add_argument("--split", default="test", help="qrels split of a BEIR folder")
+    p.add_argument("--out", required=True, help="run folder (RUNDIR)")
+    p.add_argument("--k", type=int, default=100, help="results per query")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint to encode queries with (default: the one in the manifest)",
+    )
+    p.add_argument("--measures", nargs="*", default=[], help="extra ir_measures measures")
+    p.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=512,
+        help="bound for the similarity block kept in memory",
+    )
+    p.add_argument("--on-bad-record", choices=["error", "skip"], default="error")
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="TREC run file")
+    p.add_argument("--qrels", required=True, help="qrels source (BEIR folder, file, irds:)")
+    p.add_argument("--split", default="test", help="qrels split of a BEIR folder")
+    p.add_argument("--measures", nargs="*", default=[], help="extra ir_measures measures")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for metrics.json and per_query.parquet (default: beside the run)",
+    )
+
+
+def _is_dataset(spec: str) -> bool:
+    return spec.startswith(("beir:", "irds:")) or Path(spec).is_dir()
+
+
+def run_search(args: argparse.Namespace) -> int:
+    parse_measures(args.measures)  # fail on a bad measure name before any work
+    store = EmbeddingStore(args.embeddings)
+    recorded = store.encoder
+    settings = EncoderSettings.from_dict(recorded["settings"])
+    encoder = load_encoder(
+        args.model or recorded["model_path"],
+        query_maxlen=settings.query_maxlen,
+        doc_maxlen=settings.doc_maxlen,
+    )
+    if encoder.fingerprint != recorded["fingerprint"]:
+        raise ManifestError(
+            f"the query encoder {encoder.path} (fingerprint {encoder.fingerprint}) is not the "
+            f"model that encoded {args.embeddings} ({recorded['fingerprint']}); pass --model "
+            "with the original checkpoint"
+        )
+    rejects = RejectLog()
+    queries = load_queries(
+        args.queries,
+        split=args.split,
+        on_bad_record=OnBadRecord(args.on_bad_record),
+        rejects=rejects,
+    )
+    qrels_spec = args.qrels or (args.queries if _is_dataset(args.queries) else None)
+    qrels = load_qrels(qrels_spec, split=args.split) if qrels_spec else None
+    empty = [q.query_id for q in queries if not q.text.strip()]
+    if empty:
+        logger.warning("%d queries have empty text (e.g. %s)", len(empty), empty[:5])
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    q_vectors = encoder.encode_queries([q.text for q in queries])
+    timings["query_encoding_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with progress_bar(store.n_docs, "search") as bar:
+        result = exact_search(
+            store,
+            q_vectors,
+            k=args.k,
+            memory_budget_bytes=args.memory_budget_mb << 20,
+            progress=bar.update,
+        )
+    timings["maxsim_s"] = time.perf_counter() - t0
+    out = Path(args.out)
+    ranked = {
+        q.query_id: [
+            (result.doc_ids[d], float(s))
+            for d, s in zip(result.doc_index[i], result.scores[i], strict=True)
+            if d >= 0
+        ]
+        for i, q in enumerate(queries)
+    }
+    write_trec_run(out / "run.trec", ranked, tag="colbert-exact")
+    extra = {
+        "params": {
+            "mode": "exact",
+            "k": args.k,
+            "embeddings": str(args.embeddings),
+            "queries": args.queries,
+            "qrels": qrels_spec,
+            "split": args.split,
+        },
+        "encoder": encoder.describe(),
+        "timings": {k: round(v, 3) for k, v in timings.items()}
+        | {"qps": round(len(queries) / max(sum(timings.values()), 1e-9), 2)},
+        "empty_queries": empty,
+        "query_rejects": len(rejects),
+    }
+    if rejects:
+        rejects.write_jsonl(out / "rejects.jsonl")
+    if qrels is None:
+        from colbert_core.atomic import write_json_atomic
+
+        write_json_atomic(out / "metrics.json", {"measures": {}, "queries": len(queries)} | extra)
+        print(f"run written to {out / 'run.trec'} (no qrels: nothing to evaluate)")
+        return 0
+    ev = evaluate(_scored(ranked), qrels, args.measures)
+    write_evaluation(out, ev, extra=extra)
+    _report(ev, out)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    run = read_trec_run(args.run)
+    qrels = load_qrels(args.qrels, split=args.split)
+    ev = evaluate(run, qrels, args.measures)
+    out = Path(args.out) if args.out else Path(args.run).parent
+    write_evaluation(
+        out, ev, extra={"params": {"run": args.run, "qrels": args.qrels, "split": args.split}}
+    )
+    _report(ev, out)
+    return 0
+
+
+def _scored(ranked: dict[str, list[tuple[str, float]]]):
+    from ir_measures import ScoredDoc
+
+    # Scores as written to run.trec (6 decimals), so evaluate on the file gives the same.
+    return [ScoredDoc(q, d, round(s, 6)) for q, docs in ranked.items() for d, s in docs]
+
+
+def _report(ev, out: Path) -> None:
+    print(format_table(ev.measures))
+    print(f"queries evaluated: {ev.evaluated_queries} of {ev.judged_queries} judged")
+    if ev.missing_from_run:
+        print(
+            f"judged queries missing from the run: {len(ev.missing_from_run)} "
+            f"(listed in {out / 'metrics.json'})"
+        )
+    print(f"artifacts: {out / 'run.trec'}, {out / 'metrics.json'}, {out / 'per_query.parquet'}")
