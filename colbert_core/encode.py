@@ -1,34 +1,38 @@
-"""Encode a corpus into token-embedding shards (the single-process engine).
+"""Encode a corpus into token-embedding shards: the engine shared by every runner.
 
 The corpus stream is cut into fixed shards: shard ``k`` holds documents
 ``[k * shard_size, (k + 1) * shard_size)`` of the corpus order (bad records skipped under
-``--on-bad-record skip`` do not take a position). Shards are written atomically and
-recorded in the manifest one by one, so an interrupted job resumes where it stopped.
-The Ray job in :mod:`jobs` reuses :func:`encode_shard` and the manifest logic here.
+``--on-bad-record skip`` do not take a position), whatever runs the encoding. Each shard is
+written atomically and only then recorded in the manifest, so a shard is either complete
+and recorded or absent, and an interrupted job resumes where it stopped.
+
+:func:`run_encode` runs everything in this process; the Ray job in :mod:`jobs` drives the
+same pieces (:func:`prepare_output`, :func:`encode_shard`, :class:`ManifestBook`) from a
+pool of actors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from .data import Document, OnBadRecord, RejectLog, open_corpus
 from .encoder import ColBERTEncoder
-from .shards import SHARD_DIR, ShardInfo, build_shard, write_shard
+from .shards import SHARD_DIR, ShardInfo, build_shard, shard_name
+from .storage import LocalStorage, Storage, open_storage, sha256_hex
 from .store import (
     MANIFEST,
     MANIFEST_VERSION,
     ManifestError,
-    load_manifest,
+    parse_manifest,
     shard_infos,
-    shard_to_json,
     write_manifest,
 )
 
@@ -61,7 +65,23 @@ class EncodeConfig:
         d = dataclasses.asdict(self)
         d.pop("out")
         d.pop("batch_size")  # batching does not change the vectors beyond float noise
+        # Shards finished before an `error` stop hold the same documents at the same
+        # positions under `skip`, so switching policy may resume.
+        d.pop("on_bad_record")
         return d
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One unit of work: a shard's documents, cut by the driver in corpus order."""
+
+    shard_id: int
+    first_doc: int
+    docs: tuple[Document, ...]
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.shard_id)
 
 
 @dataclass
@@ -72,6 +92,7 @@ class EncodeSummary:
     shards_written: int = 0
     shards_skipped: int = 0
     seconds: float = 0.0
+    workers: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -80,45 +101,54 @@ class EncodeSummary:
         return d
 
 
-def iter_shards(
-    docs: Iterator[Document] | Any, shard_size: int
-) -> Iterator[tuple[int, int, list[Document]]]:
-    """Yield ``(shard_id, first_doc_index, documents)`` in corpus order."""
+def iter_shards(docs: Iterable[Document], shard_size: int) -> Iterator[ShardTask]:
+    """Cut a document stream into :class:`ShardTask` s in corpus order."""
     it = iter(docs)
     for shard_id in itertools.count():
-        chunk = list(itertools.islice(it, shard_size))
+        chunk = tuple(itertools.islice(it, shard_size))
         if not chunk:
             return
-        yield shard_id, shard_id * shard_size, chunk
+        yield ShardTask(shard_id, shard_id * shard_size, chunk)
 
 
 def encode_shard(
     encoder: ColBERTEncoder,
-    shard_id: int,
-    first_doc: int,
-    docs: list[Document],
+    storage: Storage,
+    task: ShardTask,
     *,
     batch_size: int,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[bytes, int]:
-    """Encode one shard's documents; returns the Parquet bytes and the token count."""
+) -> ShardInfo:
+    """Encode one shard and store it atomically; returns what the manifest records."""
     vectors = encoder.encode_documents(
-        [d.contents for d in docs], batch_size=batch_size, progress=progress
+        [d.contents for d in task.docs], batch_size=batch_size, progress=progress
     )
     data = build_shard(
-        [d.doc_id for d in docs],
-        range(first_doc, first_doc + len(docs)),
+        [d.doc_id for d in task.docs],
+        range(task.first_doc, task.first_doc + len(task.docs)),
         vectors,
         encoder.dim,
         encoder.fingerprint,
     )
-    return data, sum(v.shape[0] for v in vectors)
+    storage.put(f"{SHARD_DIR}/{task.name}", data)
+    return ShardInfo(
+        shard_id=task.shard_id,
+        name=task.name,
+        first_doc=task.first_doc,
+        n_docs=len(task.docs),
+        n_tokens=sum(v.shape[0] for v in vectors),
+        bytes=len(data),
+        sha256=sha256_hex(data),
+    )
 
 
 def prepare_output(
-    config: EncodeConfig, encoder: ColBERTEncoder, *, overwrite: bool
+    config: EncodeConfig, fingerprint: str, storage: Storage, *, overwrite: bool
 ) -> dict[int, ShardInfo]:
     """Check an existing ROOT against this job; return the shards that can be kept.
+
+    A kept shard is listed in the manifest and its stored object has the recorded size and
+    sha256. Anything else is re-encoded.
 
     Raises
     ------
@@ -126,40 +156,143 @@ def prepare_output(
         When ROOT holds the output of a different model or configuration and
         ``overwrite`` is false.
     """
-    root = Path(config.out)
-    if not (root / MANIFEST).exists():
+    if isinstance(storage, LocalStorage):
+        stale = storage.remove_stale_temps(SHARD_DIR)
+        if stale:
+            logger.info("removed %d temp files left by an interrupted run", stale)
+    if storage.size(MANIFEST) is None:
         if overwrite:
-            _remove_shards(root)
+            _remove_shards(storage)
         return {}
     if overwrite:
-        logger.info("--overwrite: discarding the existing output in %s", root)
-        _remove_shards(root)
-        (root / MANIFEST).unlink()
+        logger.info("--overwrite: discarding the existing output in %s", storage.uri)
+        _remove_shards(storage)
+        storage.delete(MANIFEST)
+        storage.delete(REJECTS)
         return {}
-    manifest = load_manifest(root)
+    manifest = parse_manifest(storage.get(MANIFEST), storage.describe(MANIFEST))
     old_fp = manifest.get("encoder", {}).get("fingerprint")
-    if old_fp != encoder.fingerprint:
+    if old_fp != fingerprint:
         raise ManifestError(
-            f"{root} holds embeddings from a different model or encoder settings "
-            f"(fingerprint {old_fp} vs {encoder.fingerprint}); pass --overwrite to replace "
+            f"{storage.uri} holds embeddings from a different model or encoder settings "
+            f"(fingerprint {old_fp} vs {fingerprint}); pass --overwrite to replace "
             "them or choose another --out"
         )
     old_cfg = manifest.get("config", {})
-    new_cfg = config.output_defining()
-    diff = {k: (old_cfg.get(k), v) for k, v in new_cfg.items() if old_cfg.get(k) != v}
+    diff = {
+        k: (old_cfg.get(k), v) for k, v in config.output_defining().items() if old_cfg.get(k) != v
+    }
     if diff:
         raise ManifestError(
-            f"{root} was written with a different configuration {diff} (old, new); pass "
-            "--overwrite to replace it or choose another --out"
+            f"{storage.uri} was written with a different configuration {diff} (old, new); "
+            "pass --overwrite to replace it or choose another --out"
         )
     kept: dict[int, ShardInfo] = {}
     for info in shard_infos(manifest):
-        path = root / SHARD_DIR / info.name
-        if path.is_file() and path.stat().st_size == info.bytes and _sha256(path) == info.sha256:
+        key = f"{SHARD_DIR}/{info.name}"
+        if storage.size(key) == info.bytes and sha256_hex(storage.get(key)) == info.sha256:
             kept[info.shard_id] = info
         else:
-            logger.warning("shard %s is missing or differs from the manifest: re-encoding", path)
+            logger.warning(
+                "shard %s is missing or differs from the manifest: re-encoding",
+                storage.describe(key),
+            )
     return kept
+
+
+class ManifestBook:
+    """The driver's record of finished shards, persisted after every change."""
+
+    def __init__(
+        self,
+        config: EncodeConfig,
+        encoder_description: dict[str, Any],
+        storage: Storage,
+        kept: dict[int, ShardInfo],
+    ):
+        self.config = config
+        self.encoder = encoder_description
+        self.storage = storage
+        self.shards: dict[int, ShardInfo] = dict(kept)
+        self.kept = dict(kept)
+        self.summary = EncodeSummary()
+        self._start = time.perf_counter()
+
+    def can_skip(self, task: ShardTask) -> bool:
+        """Whether ``task`` is already stored, complete and recorded."""
+        info = self.kept.get(task.shard_id)
+        return (
+            info is not None and info.n_docs == len(task.docs) and info.first_doc == task.first_doc
+        )
+
+    def skipped(self, task: ShardTask) -> None:
+        info = self.kept[task.shard_id]
+        self.summary.shards_skipped += 1
+        self.summary.docs += info.n_docs
+        self.summary.tokens += info.n_tokens
+
+    def record(self, info: ShardInfo) -> None:
+        self.shards[info.shard_id] = info
+        self.summary.shards_written += 1
+        self.summary.docs += info.n_docs
+        self.summary.tokens += info.n_tokens
+        self.summary.seconds = time.perf_counter() - self._start
+        self.write(complete=False)
+
+    def finish(self, rejects: RejectLog) -> dict[str, Any]:
+        """Check coverage, write rejects and the final manifest; return it."""
+        self.summary.seconds = time.perf_counter() - self._start
+        self.summary.rejects = len(rejects)
+        # Shards left from a longer earlier corpus (kept but never seen) are not ours.
+        covered = sorted(self.shards)
+        if covered != list(range(len(covered))) or self.summary.docs != sum(
+            s.n_docs for s in self.shards.values()
+        ):
+            raise ManifestError(
+                f"{self.storage.uri}: shards {covered} do not cover the corpus "
+                f"({self.summary.docs} docs); the corpus changed since the previous run: "
+                "pass --overwrite"
+            )
+        if len(rejects):
+            self.storage.put(
+                REJECTS,
+                "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in rejects.records).encode(),
+            )
+            logger.warning(
+                "%d bad records skipped; see %s", len(rejects), self.storage.describe(REJECTS)
+            )
+        return self.write(complete=True)
+
+    def write(self, *, complete: bool) -> dict[str, Any]:
+        ordered = [self.shards[k] for k in sorted(self.shards)]
+        manifest = {
+            "format_version": MANIFEST_VERSION,
+            "complete": complete,
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            "config": self.config.output_defining()
+            | {"batch_size": self.config.batch_size, "on_bad_record": self.config.on_bad_record},
+            "encoder": self.encoder,
+            "dim": int(self.encoder["settings"]["dim"]),
+            "dtype": "float16",
+            "shards": [dataclasses.asdict(s) for s in ordered],
+            "rejects": self.summary.rejects,
+            "totals": {
+                "docs": sum(s.n_docs for s in ordered),
+                "tokens": sum(s.n_tokens for s in ordered),
+                "shards": len(ordered),
+            },
+            "summary": self.summary.as_dict(),
+        }
+        write_manifest(self.storage, manifest)
+        return manifest
+
+
+def open_job_corpus(config: EncodeConfig) -> tuple[Iterable[Document], RejectLog]:
+    rejects = RejectLog()
+    corpus = open_corpus(
+        config.corpus, on_bad_record=OnBadRecord(config.on_bad_record), rejects=rejects
+    )
+    return corpus, rejects
 
 
 def run_encode(
@@ -173,91 +306,23 @@ def run_encode(
 
     ``progress(docs, tokens)`` is called after every encoded batch.
     """
-    root = Path(config.out)
-    kept = prepare_output(config, encoder, overwrite=overwrite)
-    rejects = RejectLog()
-    corpus = open_corpus(
-        config.corpus, on_bad_record=OnBadRecord(config.on_bad_record), rejects=rejects
-    )
-    summary = EncodeSummary()
-    shards: dict[int, ShardInfo] = dict(kept)
-    manifest = _manifest(config, encoder, shards, summary, complete=False)
-    write_manifest(root, manifest)
-    start = time.perf_counter()
-    for shard_id, first_doc, docs in iter_shards(corpus, config.shard_size):
-        info = kept.get(shard_id)
-        if info is not None and info.n_docs == len(docs) and info.first_doc == first_doc:
-            summary.shards_skipped += 1
-            summary.docs += info.n_docs
-            summary.tokens += info.n_tokens
+    storage = open_storage(config.out)
+    kept = prepare_output(config, encoder.fingerprint, storage, overwrite=overwrite)
+    book = ManifestBook(config, encoder.describe(), storage, kept)
+    book.write(complete=False)
+    corpus, rejects = open_job_corpus(config)
+    for task in iter_shards(corpus, config.shard_size):
+        if book.can_skip(task):
+            book.skipped(task)
             if progress:
-                progress(info.n_docs, info.n_tokens)
+                progress(len(task.docs), book.kept[task.shard_id].n_tokens)
             continue
-        data, n_tokens = encode_shard(
-            encoder, shard_id, first_doc, docs, batch_size=config.batch_size, progress=progress
-        )
-        shards[shard_id] = write_shard(root, shard_id, first_doc, data, len(docs), n_tokens)
-        summary.shards_written += 1
-        summary.docs += len(docs)
-        summary.tokens += n_tokens
-        summary.seconds = time.perf_counter() - start
-        write_manifest(root, _manifest(config, encoder, shards, summary, complete=False))
-    summary.seconds = time.perf_counter() - start
-    summary.rejects = len(rejects)
-    expected = range(len(shards))
-    if sorted(shards) != list(expected) or summary.docs != sum(s.n_docs for s in shards.values()):
-        raise ManifestError(
-            f"{root}: shards {sorted(shards)} do not cover the corpus ({summary.docs} docs); "
-            "the corpus changed since the previous run: pass --overwrite"
-        )
-    if len(rejects):
-        rejects.write_jsonl(root / REJECTS)
-        logger.warning("%d bad records skipped; see %s", len(rejects), root / REJECTS)
-    manifest = _manifest(config, encoder, shards, summary, complete=True)
-    write_manifest(root, manifest)
-    return manifest
+        info = encode_shard(encoder, storage, task, batch_size=config.batch_size, progress=progress)
+        book.record(info)
+    return book.finish(rejects)
 
 
-def _manifest(
-    config: EncodeConfig,
-    encoder: ColBERTEncoder,
-    shards: dict[int, ShardInfo],
-    summary: EncodeSummary,
-    *,
-    complete: bool,
-) -> dict[str, Any]:
-    ordered = [shards[k] for k in sorted(shards)]
-    return {
-        "format_version": MANIFEST_VERSION,
-        "complete": complete,
-        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": config.output_defining() | {"batch_size": config.batch_size},
-        "encoder": encoder.describe(),
-        "dim": encoder.dim,
-        "dtype": "float16",
-        "shards": [shard_to_json(s) for s in ordered],
-        "rejects": summary.rejects,
-        "totals": {
-            "docs": sum(s.n_docs for s in ordered),
-            "tokens": sum(s.n_tokens for s in ordered),
-            "shards": len(ordered),
-        },
-        "summary": summary.as_dict(),
-    }
-
-
-def _remove_shards(root: Path) -> None:
-    shard_dir = root / SHARD_DIR
-    if shard_dir.is_dir():
-        for f in shard_dir.glob("*.parquet"):
-            f.unlink()
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _remove_shards(storage: Storage) -> None:
+    for key in storage.list(SHARD_DIR):
+        if key.endswith(".parquet") or key.endswith(".tmp"):
+            storage.delete(key)

@@ -95,8 +95,10 @@ def exact_search(
     # very large query sets; each group holds whole queries.
     group_rows = max(1, memory_budget_bytes // (4 * 2 * 8192))
     groups = _query_groups(q_lengths.tolist(), group_rows)
-    best_s = np.full((n_q, 0), -np.inf, dtype=np.float32)
-    best_i = np.full((n_q, 0), -1, dtype=np.int64)
+    # Always k columns: where fewer than k documents exist the tail stays (-inf, -1), so
+    # the result's shape does not depend on the corpus size or the memory budget.
+    best_s = np.full((n_q, k), -np.inf, dtype=np.float32)
+    best_i = np.full((n_q, k), -1, dtype=np.int64)
     doc_ids: list[str] = []
     for shard in store:
         doc_ids.extend(shard.doc_ids)
@@ -124,20 +126,11 @@ def exact_search(
             shard_scores = np.concatenate(g_scores, axis=1)
             idx = np.broadcast_to(shard.doc_index, shard_scores.shape)
             s, i = topk_merge(best_s[g_start:g_end], best_i[g_start:g_end], shard_scores, idx, k)
-            if best_s.shape[1] < s.shape[1]:
-                best_s = _widen(best_s, s.shape[1], -np.inf)
-                best_i = _widen(best_i, s.shape[1], -1)
-            best_s[g_start:g_end, : s.shape[1]] = s
-            best_i[g_start:g_end, : i.shape[1]] = i
+            best_s[g_start:g_end] = s
+            best_i[g_start:g_end] = i
         if progress is not None:
             progress(shard.n_docs)
     return SearchResult(doc_index=best_i, scores=best_s, doc_ids=doc_ids)
-
-
-def _widen(a: np.ndarray, width: int, fill: float) -> np.ndarray:
-    out = np.full((a.shape[0], width), fill, dtype=a.dtype)
-    out[:, : a.shape[1]] = a
-    return out
 
 
 def _query_groups(lengths: list[int], max_rows: int) -> list[tuple[int, int]]:

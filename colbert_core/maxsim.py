@@ -45,6 +45,12 @@ def maxsim_padded(
     >>> maxsim_padded(q, torch.ones(1, 2, dtype=torch.bool), d, dm)
     tensor([[1.8000, 1.0000]])
     """
+    if docs.shape[1] == 0:
+        # Every document is empty (no token positions at all): all score 0. ``amax`` below
+        # cannot reduce over a zero-size dimension.
+        return torch.zeros(
+            (queries.shape[0], docs.shape[0]), dtype=torch.float32, device=queries.device
+        )
     sim = torch.einsum("qid,njd->qnij", queries.float(), docs.float())
     sim = sim.masked_fill(~doc_mask[None, :, None, :], float("-inf"))
     best = sim.amax(dim=-1)

@@ -27,18 +27,26 @@ def write_trec_run(
     are written in the mapping's order; scores keep 6 decimals, enough to separate
     MaxSim sums of float16 vectors while keeping files diff-able.
     """
+    if not _is_token(tag):
+        raise RunFormatError(f"the run tag must be non-empty without whitespace: {tag!r}")
     buf = io.StringIO()
     n = 0
     for qid, ranked in results.items():
         for rank, (doc_id, score) in enumerate(ranked, start=1):
-            if any(c.isspace() for c in doc_id) or any(c.isspace() for c in qid):
+            # An empty id would shift the columns just like one with a space in it.
+            if not (_is_token(doc_id) and _is_token(qid)):
                 raise RunFormatError(
-                    f"ids must not contain whitespace in a TREC run: {qid!r} / {doc_id!r}"
+                    "ids must be non-empty and must not contain whitespace in a TREC run: "
+                    f"{qid!r} / {doc_id!r}"
                 )
             buf.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
             n += 1
     write_text_atomic(path, buf.getvalue())
     return n
+
+
+def _is_token(s: str) -> bool:
+    return bool(s) and not any(c.isspace() for c in s)
 
 
 def read_trec_run(path: str | Path) -> list[ScoredDoc]:

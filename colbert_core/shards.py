@@ -36,6 +36,14 @@ META_DTYPE = b"colbert_batch.dtype"
 META_FINGERPRINT = b"colbert_batch.model_fingerprint"
 
 
+_COLUMNS = {
+    "doc_id": pa.string(),
+    "doc_index": pa.int64(),
+    "n_tokens": pa.int32(),
+    "embeddings": pa.large_binary(),
+}
+
+
 class ShardError(ValueError):
     """A shard file is missing, truncated, corrupt or inconsistent with its manifest."""
 
@@ -182,25 +190,51 @@ def read_shard(path: str | Path | io.BytesIO, *, dim: int | None = None) -> Shar
         raise ShardError(f"missing shard {path}") from exc
     except (pa.ArrowException, OSError) as exc:
         raise ShardError(f"corrupt or truncated shard {path}: {exc}") from exc
+    try:
+        return _decode(table, path, dim)
+    except ShardError:
+        raise
+    except (UnicodeDecodeError, KeyError, pa.ArrowException) as exc:
+        # Corruption that parses as Parquet but not as a shard, e.g. a damaged column name
+        # or string value: report it like any other corrupt shard, not as a crash.
+        raise ShardError(f"corrupt shard {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(table: pa.Table, path: object, dim: int | None) -> ShardData:
     meta = table.schema.metadata or {}
     if META_DIM not in meta:
         raise ShardError(f"{path}: not a colbert-batch shard (no {META_DIM.decode()} metadata)")
-    file_dim = int(meta[META_DIM])
+    try:
+        file_dim = int(meta[META_DIM])
+    except ValueError as exc:
+        raise ShardError(f"{path}: invalid {META_DIM.decode()} {meta[META_DIM]!r}") from exc
+    if file_dim <= 0:
+        raise ShardError(f"{path}: invalid {META_DIM.decode()} {file_dim}")
     if dim is not None and file_dim != dim:
         raise ShardError(f"{path}: dim {file_dim} differs from the expected {dim}")
+    names = table.schema.names
+    for name, type_ in _COLUMNS.items():
+        if name not in names or table.schema.field(name).type != type_:
+            found = "missing" if name not in names else f"{table.schema.field(name).type}"
+            raise ShardError(f"{path}: column {name!r} ({type_}) is {found}: corrupt shard")
+        if table[name].null_count:
+            raise ShardError(f"{path}: column {name!r} has {table[name].null_count} nulls")
+    doc_ids = table["doc_id"].to_pylist()
     lengths = table["n_tokens"].to_numpy().astype(np.int64)
+    if (lengths < 0).any():
+        raise ShardError(f"{path}: negative n_tokens (corrupt shard)")
     emb = table["embeddings"].combine_chunks()
-    if emb.null_count:
-        raise ShardError(f"{path}: {emb.null_count} documents have null embeddings")
     byte_offsets = np.frombuffer(emb.buffers()[1], np.int64)[emb.offset : emb.offset + len(emb) + 1]
     raw = np.frombuffer(emb.buffers()[2], np.uint8)[byte_offsets[0] : byte_offsets[-1]]
-    if not np.array_equal(np.diff(byte_offsets), lengths * (file_dim * 2)):
+    if raw.size != byte_offsets[-1] - byte_offsets[0] or not np.array_equal(
+        np.diff(byte_offsets), lengths * (file_dim * 2)
+    ):
         raise ShardError(f"{path}: embedding sizes disagree with n_tokens x dim x 2 bytes")
     tokens = raw.view("<f2").reshape(-1, file_dim)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return ShardData(
-        doc_ids=table["doc_id"].to_pylist(),
+        doc_ids=doc_ids,
         doc_index=table["doc_index"].to_numpy(),
         offsets=offsets,
         tokens=tokens,

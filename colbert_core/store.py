@@ -18,8 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_json_atomic
 from .shards import SHARD_DIR, ShardData, ShardError, ShardInfo, read_shard
+from .storage import LocalStorage, Storage, open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -31,26 +31,38 @@ class ManifestError(ValueError):
     """The manifest is missing, unreadable, or disagrees with what is on disk."""
 
 
-def load_manifest(root: str | Path) -> dict[str, Any]:
-    path = Path(root) / MANIFEST
+def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
+    """Parse and version-check manifest bytes read from ``where`` (named in errors)."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ManifestError(
-            f"{path} not found: {root} is not an encode output (run `colbert-batch encode` first)"
-        ) from exc
+        manifest = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{where}: not UTF-8 ({exc.reason})") from exc
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
-    if manifest.get("format_version") != MANIFEST_VERSION:
+        raise ManifestError(f"{where}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format_version") != MANIFEST_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise ManifestError(
-            f"{path}: format_version {manifest.get('format_version')!r} is not supported "
-            f"(expected {MANIFEST_VERSION})"
+            f"{where}: format_version {version!r} is not supported (expected {MANIFEST_VERSION})"
         )
     return manifest
 
 
-def write_manifest(root: str | Path, manifest: dict[str, Any]) -> None:
-    write_json_atomic(Path(root) / MANIFEST, manifest)
+def load_manifest(root: str | Path | Storage) -> dict[str, Any]:
+    storage = root if not isinstance(root, str | Path) else open_storage(root)
+    try:
+        raw = storage.get(MANIFEST)
+    except FileNotFoundError as exc:
+        raise ManifestError(
+            f"{storage.describe(MANIFEST)} not found: {storage.uri} is not an encode output "
+            "(run `colbert-batch encode` first)"
+        ) from exc
+    return parse_manifest(raw, storage.describe(MANIFEST))
+
+
+def write_manifest(root: str | Path | Storage, manifest: dict[str, Any]) -> None:
+    """Store ``manifest`` atomically under ``root``."""
+    storage = root if not isinstance(root, str | Path) else open_storage(root)
+    storage.put(MANIFEST, (json.dumps(manifest, indent=2, default=str) + "\n").encode())
 
 
 def shard_infos(manifest: dict[str, Any]) -> list[ShardInfo]:
@@ -73,8 +85,9 @@ class EmbeddingStore:
     """
 
     def __init__(self, root: str | Path, *, verify: bool = True):
-        self.root = Path(root)
-        self.manifest = load_manifest(self.root)
+        self.storage = open_storage(root)
+        self.root = self.storage.uri
+        self.manifest = load_manifest(self.storage)
         if not self.manifest.get("complete", False):
             raise ManifestError(
                 f"{self.root}: the encode job has not finished (manifest says incomplete); "
@@ -91,20 +104,23 @@ class EmbeddingStore:
         return self.manifest["encoder"]
 
     def read(self, info: ShardInfo) -> ShardData:
-        path = self.root / SHARD_DIR / info.name
-        if not self.verify:
-            data = read_shard(path, dim=self.dim)
+        key = f"{SHARD_DIR}/{info.name}"
+        path = self.storage.describe(key)
+        if not self.verify and isinstance(self.storage, LocalStorage):
+            data = read_shard(self.storage.path(key), dim=self.dim)
         else:
             try:
-                raw = path.read_bytes()
+                raw = self.storage.get(key)
             except FileNotFoundError as exc:
                 raise ShardError(
                     f"missing shard {path} (listed in the manifest); re-run encode to rewrite it"
                 ) from exc
-            if len(raw) != info.bytes or hashlib.sha256(raw).hexdigest() != info.sha256:
+            if self.verify and (
+                len(raw) != info.bytes or hashlib.sha256(raw).hexdigest() != info.sha256
+            ):
                 raise ShardError(
-                    f"{path}: size or sha256 differs from {self.root / MANIFEST} (truncated or "
-                    "modified); re-run encode to rewrite it"
+                    f"{path}: size or sha256 differs from {self.storage.describe(MANIFEST)} "
+                    "(truncated or modified); re-run encode to rewrite it"
                 )
             try:
                 data = read_shard(io.BytesIO(raw), dim=self.dim)
@@ -114,6 +130,11 @@ class EmbeddingStore:
             raise ShardError(
                 f"{path}: holds {data.n_docs} docs / {data.n_tokens} tokens but the manifest "
                 f"says {info.n_docs} / {info.n_tokens}"
+            )
+        if data.n_docs and int(data.doc_index[0]) != info.first_doc:
+            raise ShardError(
+                f"{path}: starts at document {int(data.doc_index[0])} but the manifest says "
+                f"{info.first_doc}"
             )
         return data
 

@@ -132,9 +132,12 @@ class ColBERTEncoder:
         maxlen = s.query_maxlen if is_query else s.doc_maxlen
         marker = self._query_marker_id if is_query else self._doc_marker_id
         budget = maxlen - (1 if marker is not None else 0)
-        ids = self.tokenizer(
-            list(texts), add_special_tokens=True, truncation=True, max_length=budget
-        )["input_ids"]
+        texts = list(texts)
+        if not texts:
+            # Hugging Face tokenizers raise IndexError on an empty batch.
+            return []
+        enc = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=budget)
+        ids = enc["input_ids"]
         if marker is not None:
             # Equivalent to Stanford's "'. ' + text, then overwrite position 1" and to
             # PyLate's prefix insertion: the marker sits right after [CLS].

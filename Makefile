@@ -1,0 +1,60 @@
+# colbert-batch developer commands. `make demo` and `make test` set up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build pinned for machines without a GPU; on GPU nodes use e.g. TORCH=torch==2.13.0
+# from the CUDA index (see README, "GPU nodes").
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Datasets: ../shared/datasets when it exists (CI and dev machines), else the user cache.
+SHARED_DATASETS := $(abspath ../shared/datasets)
+ifneq ($(wildcard $(SHARED_DATASETS)/.),)
+export COLBERT_BATCH_DATA ?= $(SHARED_DATASETS)
+endif
+export TOKENIZERS_PARALLELISM ?= false
+
+DEMO_OUT ?= out/demo
+DEMO_DATASET ?= beir:scifact
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-slow test-all lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/colbert-batch encode --corpus $(DEMO_DATASET) --model minilm \
+		--out $(DEMO_OUT)/embeddings
+	$(BIN)/colbert-batch search --exact --embeddings $(DEMO_OUT)/embeddings \
+		--queries $(DEMO_DATASET) --out $(DEMO_OUT)/run-exact
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check colbert_core jobs tests bench
+	$(BIN)/ruff format --check colbert_core jobs tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format colbert_core jobs tests bench
+	$(BIN)/ruff check --fix colbert_core jobs tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/encode_throughput.py --dataset $(DEMO_DATASET)
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache
