@@ -30,8 +30,12 @@ def configure_logging(verbose: int = 0) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Third-party chatter at INFO drowns our own progress lines.
-    for noisy in ("transformers", "urllib3", "filelock", "huggingface_hub"):
+    quiet_third_party()
+
+
+def quiet_third_party() -> None:
+    """Third-party chatter (weight-loading bars, INFO lines) drowns our own progress."""
+    for noisy in ("transformers", "urllib3", "filelock", "huggingface_hub", "botocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

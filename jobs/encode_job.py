@@ -58,6 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="CPUs per actor (default: CPU-only: (cluster CPUs - 0.5) / workers)",
     )
+    p.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=1,
+        help="torch threads per CPU actor (default 1; shards are bit-identical "
+        "for any --workers at the same value)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="documents per forward pass")
     p.add_argument(
         "--doc-maxlen", type=int, default=None, help="override the checkpoint's document length"
@@ -89,14 +96,20 @@ def worker_spec(args: argparse.Namespace, res: ray_runtime.ClusterResources) -> 
         workers = args.workers or max(1, int(res.gpus // gpus))
         cpus = args.cpus_per_worker if args.cpus_per_worker is not None else 1.0
         return WorkerSpec(workers, cpus, gpus, None, "cuda", args.max_retries)
-    workers = args.workers or 1
+    # One single-threaded actor per core by default. The thread count is fixed rather than
+    # derived from the worker count because oneDNN partitions small GEMMs differently for
+    # different thread counts (last-bit differences): fixing it makes shard bytes identical
+    # whatever the number of workers. One thread per actor is also the most efficient per
+    # core.
+    workers = args.workers if args.workers is not None else max(1, math.floor(res.cpus))
     if workers <= 0:
         raise ValueError(f"--workers must be positive, got {workers}")
+    if args.threads_per_worker <= 0:
+        raise ValueError(f"--threads-per-worker must be positive, got {args.threads_per_worker}")
     cpus = args.cpus_per_worker
     if cpus is None:
-        cpus = max(0.1, (res.cpus - CPU_HEADROOM) / workers)
-    threads = max(1, math.floor(res.cpus / workers))
-    return WorkerSpec(workers, cpus, 0.0, threads, "cpu", args.max_retries)
+        cpus = max(0.05, (res.cpus - CPU_HEADROOM) / workers)
+    return WorkerSpec(workers, cpus, 0.0, args.threads_per_worker, "cpu", args.max_retries)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -57,6 +57,9 @@ class EncoderWorker:
         from colbert_core import load_encoder
         from colbert_core.storage import open_storage
 
+        from ._console import quiet_third_party
+
+        quiet_third_party()
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.config = config

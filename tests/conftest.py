@@ -56,3 +56,17 @@ def scifact_subset(datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         "\n".join([header, *("\t".join(r) for r in kept_rows)]) + "\n", encoding="utf-8"
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> str:
+    """One local Ray cluster for the whole session (dashboard off).
+
+    Four logical CPUs on small machines: encoder actors take fractional CPUs, and Ray's own
+    tasks must never be starved of a slot.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    return ray.get_runtime_context().gcs_address

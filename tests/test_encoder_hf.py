@@ -193,3 +193,24 @@ def test_alias_loads(encoder: ColBERTEncoder) -> None:
         encoder.encode_queries(["late interaction"])[0],
         atol=1e-6,
     )
+
+
+def test_tokenisation_windows_keep_order_and_values(
+    encoder: ColBERTEncoder, encoded: dict[str, list[np.ndarray]]
+) -> None:
+    """Several sort windows (the next one tokenised in a thread) give the same vectors in
+    the same order as one window."""
+    docs = DOCS * 3
+    whole = encoder.encode_documents(docs)
+    encoder.sort_window = 4
+    try:
+        seen: list[int] = []
+        windowed = encoder.encode_documents(
+            docs, batch_size=3, progress=lambda n, _t: seen.append(n)
+        )
+    finally:
+        del encoder.sort_window
+    assert sum(seen) == len(docs)
+    for a, b in zip(whole, windowed, strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-5)

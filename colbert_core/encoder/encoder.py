@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,10 @@ class ColBERTEncoder:
     >>> bool(np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5))
     True
     """
+
+    #: Texts tokenised and length-sorted together; the next window is tokenised while
+    #: this one is encoded.
+    sort_window = 2048
 
     def __init__(self, ckpt: LoadedCheckpoint, *, device: str | torch.device | None = None):
         self.path: Path = ckpt.path
@@ -156,18 +161,31 @@ class ColBERTEncoder:
             raise TypeError("pass a list of texts, not a single string")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        ids = self.tokenize(texts, is_query=is_query)
-        # Length-sorted batches keep padding (wasted FLOPs) to a minimum; longest first
-        # so an out-of-memory batch fails at once rather than at the end.
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        out: list[np.ndarray | None] = [None] * len(ids)
-        for start in range(0, len(order), batch_size):
-            batch_idx = order[start : start + batch_size]
-            vectors = self._forward([ids[i] for i in batch_idx], is_query=is_query)
-            for i, v in zip(batch_idx, vectors, strict=True):
-                out[i] = v
-            if progress is not None:
-                progress(len(batch_idx), sum(v.shape[0] for v in vectors))
+        texts = list(texts)
+        out: list[np.ndarray | None] = [None] * len(texts)
+        windows = [
+            (lo, texts[lo : lo + self.sort_window]) for lo in range(0, len(texts), self.sort_window)
+        ]
+        if not windows:
+            return []
+        # Tokenise the next window in a thread while this one runs through the model: fast
+        # tokenizers release the GIL, so tokenisation overlaps the forward passes.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+            pending = pool.submit(self.tokenize, windows[0][1], is_query=is_query)
+            for w, (lo, _) in enumerate(windows):
+                ids = pending.result()
+                if w + 1 < len(windows):
+                    pending = pool.submit(self.tokenize, windows[w + 1][1], is_query=is_query)
+                # Length-sorted batches keep padding (wasted FLOPs) to a minimum; longest
+                # first so an out-of-memory batch fails at once rather than at the end.
+                order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+                for start in range(0, len(order), batch_size):
+                    batch_idx = order[start : start + batch_size]
+                    vectors = self._forward([ids[i] for i in batch_idx], is_query=is_query)
+                    for i, v in zip(batch_idx, vectors, strict=True):
+                        out[lo + i] = v
+                    if progress is not None:
+                        progress(len(batch_idx), sum(v.shape[0] for v in vectors))
         return out  # type: ignore[return-value]
 
     @torch.inference_mode()
