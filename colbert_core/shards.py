@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from .atomic import write_bytes_atomic
 
 SHARD_DIR = "embeddings"
+ROW_GROUP_DOCS = 256
 META_DIM = b"colbert_batch.dim"
 META_DTYPE = b"colbert_batch.dtype"
 META_FINGERPRINT = b"colbert_batch.model_fingerprint"
@@ -153,6 +154,8 @@ def build_shard(
         use_dictionary=False,
         # min/max statistics of 100 KB binary blobs are useless and slow to compute.
         write_statistics=["doc_id", "doc_index", "n_tokens"],
+        # Small row groups let readers decode a shard group by group (bounded memory).
+        row_group_size=ROW_GROUP_DOCS,
     )
     return buf.getvalue()
 
@@ -174,8 +177,11 @@ def write_shard(
     )
 
 
-def read_shard(path: str | Path | io.BytesIO, *, dim: int | None = None) -> ShardData:
-    """Read a shard file into memory, validating its structure.
+def read_shard(path: str | Path | bytes | io.BytesIO, *, dim: int | None = None) -> ShardData:
+    """Read a shard file (or its bytes) into memory, validating its structure.
+
+    Row group by row group into one preallocated array: peak memory is the shard's tokens
+    plus one row group (reading the whole binary column at once peaks at ~7x the file).
 
     Raises
     ------
@@ -183,25 +189,30 @@ def read_shard(path: str | Path | io.BytesIO, *, dim: int | None = None) -> Shar
         When the file is missing, unreadable, or its columns disagree with each other or
         with ``dim``.
     """
-    source = path if isinstance(path, io.BytesIO) else Path(path)
+    if isinstance(path, bytes | io.BytesIO):
+        raw = path.getvalue() if isinstance(path, io.BytesIO) else path
+        source: object = pa.BufferReader(raw)
+        label: object = "shard bytes"
+    else:
+        source = label = Path(path)
     try:
-        table = pq.read_table(source)
+        pf = pq.ParquetFile(source)
+        return _decode(pf, label, dim)
     except FileNotFoundError as exc:
-        raise ShardError(f"missing shard {path}") from exc
-    except (pa.ArrowException, OSError) as exc:
-        raise ShardError(f"corrupt or truncated shard {path}: {exc}") from exc
-    try:
-        return _decode(table, path, dim)
+        raise ShardError(f"missing shard {label}") from exc
     except ShardError:
         raise
-    except (UnicodeDecodeError, KeyError, pa.ArrowException) as exc:
+    except (pa.ArrowException, OSError) as exc:
+        raise ShardError(f"corrupt or truncated shard {label}: {exc}") from exc
+    except (UnicodeDecodeError, KeyError, ValueError) as exc:
         # Corruption that parses as Parquet but not as a shard, e.g. a damaged column name
         # or string value: report it like any other corrupt shard, not as a crash.
-        raise ShardError(f"corrupt shard {path}: {type(exc).__name__}: {exc}") from exc
+        raise ShardError(f"corrupt shard {label}: {type(exc).__name__}: {exc}") from exc
 
 
-def _decode(table: pa.Table, path: object, dim: int | None) -> ShardData:
-    meta = table.schema.metadata or {}
+def _decode(pf: pq.ParquetFile, path: object, dim: int | None) -> ShardData:
+    schema = pf.schema_arrow
+    meta = schema.metadata or {}
     if META_DIM not in meta:
         raise ShardError(f"{path}: not a colbert-batch shard (no {META_DIM.decode()} metadata)")
     try:
@@ -212,25 +223,41 @@ def _decode(table: pa.Table, path: object, dim: int | None) -> ShardData:
         raise ShardError(f"{path}: invalid {META_DIM.decode()} {file_dim}")
     if dim is not None and file_dim != dim:
         raise ShardError(f"{path}: dim {file_dim} differs from the expected {dim}")
-    names = table.schema.names
+    names = schema.names
     for name, type_ in _COLUMNS.items():
-        if name not in names or table.schema.field(name).type != type_:
-            found = "missing" if name not in names else f"{table.schema.field(name).type}"
+        if name not in names or schema.field(name).type != type_:
+            found = "missing" if name not in names else f"{schema.field(name).type}"
             raise ShardError(f"{path}: column {name!r} ({type_}) is {found}: corrupt shard")
+    table = pf.read(columns=["doc_id", "doc_index", "n_tokens"], use_threads=False)
+    for name in table.schema.names:
         if table[name].null_count:
             raise ShardError(f"{path}: column {name!r} has {table[name].null_count} nulls")
     doc_ids = table["doc_id"].to_pylist()
     lengths = table["n_tokens"].to_numpy().astype(np.int64)
     if (lengths < 0).any():
         raise ShardError(f"{path}: negative n_tokens (corrupt shard)")
-    emb = table["embeddings"].combine_chunks()
-    byte_offsets = np.frombuffer(emb.buffers()[1], np.int64)[emb.offset : emb.offset + len(emb) + 1]
-    raw = np.frombuffer(emb.buffers()[2], np.uint8)[byte_offsets[0] : byte_offsets[-1]]
-    if raw.size != byte_offsets[-1] - byte_offsets[0] or not np.array_equal(
-        np.diff(byte_offsets), lengths * (file_dim * 2)
-    ):
+    total = int(lengths.sum())
+    tokens = np.empty((total, file_dim), dtype="<f2")
+    flat = tokens.reshape(-1).view(np.uint8)
+    sizes: list[np.ndarray] = []
+    pos = 0
+    for group in range(pf.num_row_groups):
+        column = pf.read_row_group(group, columns=["embeddings"], use_threads=False).column(0)
+        if column.null_count:
+            raise ShardError(f"{path}: column 'embeddings' has {column.null_count} nulls")
+        for chunk in column.chunks:
+            bounds = np.frombuffer(chunk.buffers()[1], np.int64)[
+                chunk.offset : chunk.offset + len(chunk) + 1
+            ]
+            data = np.frombuffer(chunk.buffers()[2], np.uint8)[bounds[0] : bounds[-1]]
+            if data.size != bounds[-1] - bounds[0] or pos + data.size > flat.size:
+                raise ShardError(f"{path}: embedding sizes disagree with n_tokens x dim x 2 bytes")
+            flat[pos : pos + data.size] = data
+            pos += data.size
+            sizes.append(np.diff(bounds))
+    got = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+    if pos != flat.size or not np.array_equal(got, lengths * (file_dim * 2)):
         raise ShardError(f"{path}: embedding sizes disagree with n_tokens x dim x 2 bytes")
-    tokens = raw.view("<f2").reshape(-1, file_dim)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return ShardData(

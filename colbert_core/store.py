@@ -10,7 +10,6 @@ Layout::
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Iterator
@@ -123,7 +122,7 @@ class EmbeddingStore:
                     "(truncated or modified); re-run encode to rewrite it"
                 )
             try:
-                data = read_shard(io.BytesIO(raw), dim=self.dim)
+                data = read_shard(raw, dim=self.dim)
             except ShardError as exc:
                 raise ShardError(f"{path}: {exc}") from exc
         if data.n_docs != info.n_docs or data.n_tokens != info.n_tokens:

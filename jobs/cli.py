@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from . import encode_job, search_job
+from . import encode_job, index_job, search_job
 from ._console import configure_logging
 
 logger = logging.getLogger("colbert_batch")
@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="encode a corpus into token-embedding shards")
     encode_job.add_arguments(p)
     p.set_defaults(func=encode_job.run)
+    p = sub.add_parser("index", help="build a FAISS index over the token embeddings")
+    index_job.add_arguments(p)
+    p.set_defaults(func=index_job.run)
     p = sub.add_parser("search", help="search encoded documents and evaluate the run")
     search_job.add_search_arguments(p)
     p.set_defaults(func=search_job.run_search)

@@ -1,0 +1,300 @@
+"""Train and fill a FAISS index from token-embedding shards, streaming shard by shard.
+
+Peak memory is the index plus one shard (plus the training sample while training): the
+embeddings are never loaded at once. IVF indices can also be filled in parallel: copies of
+the trained, empty index each take a group of shards (with their global token ids), and
+the partial indices are merged with FAISS's own ``merge_from`` in shard order - which gives
+exactly the inverted lists a one-process build gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ..shards import ShardInfo
+from ..storage import is_s3, open_storage
+from ..store import MANIFEST, EmbeddingStore
+from .spec import IndexSpec
+from .tokenstore import DOC_IDS, OFFSETS, TOKENS, TokenStoreWriter
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+META = "meta.json"
+INDEX_FORMAT_VERSION = 1
+
+#: Starts filling copies of a trained index with groups of shards and returns a function
+#: that yields the serialised partial indices in group order (so the driver writes the
+#: token store meanwhile, and merges one partial at a time). The Ray job supplies one;
+#: ``None`` adds in this process.
+ParallelAdd = Callable[[bytes, list[list[ShardInfo]]], Callable[[], Iterator[bytes]]]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def create_index(spec: IndexSpec) -> faiss.Index:
+    index = faiss.index_factory(spec.dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    if spec.ef_construction is not None:
+        hnsw = _hnsw(index)
+        if hnsw is not None:
+            hnsw.efConstruction = spec.ef_construction
+    return index
+
+
+def _hnsw(index: faiss.Index) -> Any:
+    try:
+        return faiss.downcast_index(index).hnsw
+    except AttributeError:
+        return None
+
+
+def sample_training_vectors(store: EmbeddingStore, n: int, seed: int) -> np.ndarray:
+    """``n`` token vectors drawn uniformly without replacement over all shards (seeded).
+
+    Reads each shard at most once and keeps only the picked rows: memory is the sample plus
+    one shard.
+    """
+    n = min(n, store.n_tokens)
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(store.n_tokens, size=n, replace=False))
+    out = np.empty((n, store.dim), dtype=np.float32)
+    pos = base = 0
+    for info in store.shards:
+        lo, hi = np.searchsorted(picks, [base, base + info.n_tokens])
+        if hi > lo:
+            shard = store.read(info)
+            out[pos : pos + hi - lo] = shard.tokens[picks[lo:hi] - base]
+            pos += hi - lo
+        base += info.n_tokens
+    return out
+
+
+#: Rows converted to float32 at a time while adding (bounds the float32 copy to ~200 MB
+#: at d=384 instead of a whole shard).
+ADD_CHUNK = 131_072
+
+
+def add_float16(index: faiss.Index, tokens: np.ndarray, *, first_id: int | None = None) -> None:
+    """Add float16 rows in float32 chunks; with ``first_id``, as explicit sequential ids."""
+    for lo in range(0, tokens.shape[0], ADD_CHUNK):
+        chunk = np.ascontiguousarray(tokens[lo : lo + ADD_CHUNK], dtype=np.float32)
+        if first_id is None:
+            index.add(chunk)
+        else:
+            ids = np.arange(first_id + lo, first_id + lo + chunk.shape[0], dtype=np.int64)
+            index.add_with_ids(chunk, ids)
+
+
+def train_index(index: faiss.Index, sample: np.ndarray) -> bool:
+    """Train ``index`` on ``sample``; k-means runs on the GPU when FAISS has one.
+
+    Returns whether a GPU was used.
+    """
+    if index.is_trained:
+        return False
+    ivf = faiss.try_extract_index_ivf(index)
+    on_gpu = False
+    if ivf is not None and faiss.get_num_gpus() > 0 and hasattr(faiss, "index_cpu_to_all_gpus"):
+        # The coarse k-means is the expensive part; PQ training stays on the CPU.
+        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
+        on_gpu = True
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return on_gpu
+
+
+def add_shards_to_copy(trained: bytes, root: str, infos: list[ShardInfo],
+                       first_token: int) -> bytes:
+    """Add a group of shards (global ids from ``first_token``) to a copy of ``trained``.
+
+    The unit of work of a parallel build; returns the serialised partial index.
+    """
+    index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+    store = EmbeddingStore(root)
+    next_id = first_token
+    for info in infos:
+        shard = store.read(info)
+        add_float16(index, shard.tokens, first_id=next_id)
+        next_id += shard.n_tokens
+        del shard
+    return faiss.serialize_index(index).tobytes()
+
+
+def merge_partials(index: faiss.Index, partials: Iterable[bytes]) -> None:
+    """Append partial IVF indices to ``index`` in order (FAISS ``merge_from``)."""
+    target = faiss.extract_index_ivf(index)
+    for raw in partials:
+        part = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
+        target.merge_from(faiss.extract_index_ivf(part), 0)
+    index.ntotal = target.ntotal
+
+
+def shard_groups(infos: list[ShardInfo], n_groups: int) -> list[list[ShardInfo]]:
+    """Split shards into ``n_groups`` consecutive groups of similar token counts."""
+    n_groups = max(1, min(n_groups, len(infos)))
+    total = sum(i.n_tokens for i in infos)
+    groups: list[list[ShardInfo]] = [[]]
+    acc = 0
+    for info in infos:
+        boundary = total * len(groups) / n_groups
+        if groups[-1] and acc >= boundary and len(groups) < n_groups:
+            groups.append([])
+        groups[-1].append(info)
+        acc += info.n_tokens
+    return groups
+
+
+def build_index(
+    embeddings: str,
+    out: str,
+    spec: IndexSpec,
+    *,
+    parallel_add: ParallelAdd | None = None,
+    n_groups: int = 1,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    """Build the index for ``embeddings`` into ``out`` (a folder or ``s3://``); returns meta.
+
+    ``progress(stage, n)`` is called with ``("train", 0)`` and ``("add", tokens)``.
+    """
+    store = EmbeddingStore(embeddings)
+    if store.dim != spec.dim:
+        raise ValueError(f"index dim {spec.dim} differs from the embeddings' dim {store.dim}")
+    if is_s3(out):
+        with tempfile.TemporaryDirectory(prefix="colbert-index-") as tmp:
+            meta = _build_local(store, Path(tmp), spec, parallel_add, n_groups, progress)
+            target = open_storage(out)
+            # meta.json last: an index is complete exactly when its meta.json exists.
+            for name in meta["files"]:
+                target.put(name, (Path(tmp) / name).read_bytes())
+            target.put(META, (Path(tmp) / META).read_bytes())
+            return meta
+    return _build_local(store, Path(out), spec, parallel_add, n_groups, progress)
+
+
+def _build_local(
+    store: EmbeddingStore,
+    out: Path,
+    spec: IndexSpec,
+    parallel_add: ParallelAdd | None,
+    n_groups: int,
+    progress: Callable[[str, int], None] | None,
+) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META).unlink(missing_ok=True)  # incomplete until the new meta.json lands
+    index = create_index(spec)
+    t0 = time.perf_counter()
+    gpu = False
+    if not index.is_trained:
+        sample = sample_training_vectors(store, spec.train_sample, spec.seed)
+        logger.info("training %s on %d sampled token vectors", spec.factory, len(sample))
+        if progress:
+            progress("train", 0)
+        gpu = train_index(index, sample)
+        del sample
+    train_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    writer = TokenStoreWriter(out, store.dim)
+    try:
+        use_parallel = parallel_add is not None and spec.is_ivf and n_groups > 1
+        if use_parallel:
+            groups = shard_groups(store.shards, n_groups)
+            logger.info("adding %d shards in %d parallel groups", len(store.shards), len(groups))
+            trained = faiss.serialize_index(index).tobytes()
+            collect = parallel_add(trained, groups)
+        for info in store.shards:
+            shard = store.read(info)
+            if not use_parallel:
+                add_float16(index, shard.tokens)
+            writer.append(shard.doc_ids, shard.offsets, shard.tokens)
+            if progress:
+                progress("add", shard.n_tokens)
+            del shard  # before the next read: peak is one shard, not two
+        if use_parallel:
+            merge_partials(index, collect())
+        small = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    add_s = time.perf_counter() - t0
+    if index.ntotal != store.n_tokens or writer.n_tokens != store.n_tokens:
+        raise RuntimeError(
+            f"index holds {index.ntotal} vectors and the token store {writer.n_tokens}, but "
+            f"the embeddings have {store.n_tokens} tokens"
+        )
+    tmp_index = out / f".{INDEX_FILE}.tmp"
+    faiss.write_index(index, str(tmp_index))
+    tmp_index.replace(out / INDEX_FILE)
+    for name, raw in small.items():
+        (out / name).write_bytes(raw)
+    files = {
+        INDEX_FILE: _file_entry(out / INDEX_FILE),
+        TOKENS: {"bytes": (out / TOKENS).stat().st_size, "sha256": writer.sha256.hexdigest()},
+        OFFSETS: _file_entry(out / OFFSETS),
+        DOC_IDS: _file_entry(out / DOC_IDS),
+    }
+    n = max(store.n_tokens, 1)
+    manifest_raw = store.storage.get(MANIFEST)
+    meta = {
+        "format_version": INDEX_FORMAT_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "type": spec.type,
+        "factory": spec.factory,
+        "metric": "inner_product",
+        "params": spec.to_dict(),
+        "dim": store.dim,
+        "n_tokens": store.n_tokens,
+        "n_docs": store.n_docs,
+        "bytes_per_token": {
+            "index": round(files[INDEX_FILE]["bytes"] / n, 3),
+            "token_store": round(files[TOKENS]["bytes"] / n, 3),
+            "total": round(sum(f["bytes"] for f in files.values()) / n, 3),
+        },
+        "train_s": round(train_s, 3),
+        "add_s": round(add_s, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "gpu_training": gpu,
+        "parallel_groups": n_groups if (parallel_add is not None and spec.is_ivf) else 1,
+        "faiss_version": faiss.__version__,
+        "source": {
+            "embeddings": str(store.root),
+            "manifest_sha256": hashlib.sha256(manifest_raw).hexdigest(),
+        },
+        "model_fingerprint": store.encoder["fingerprint"],
+        "encoder": store.encoder,
+        "files": files,
+    }
+    from ..atomic import write_json_atomic
+
+    write_json_atomic(out / META, meta)
+    logger.info(
+        "built %s: %d tokens, %.1f bytes/token (index), train %.1fs, add %.1fs",
+        spec.factory, store.n_tokens, meta["bytes_per_token"]["index"], train_s, add_s,
+    )
+    return meta
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def remove_index(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
