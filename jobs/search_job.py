@@ -7,6 +7,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from colbert_core import load_encoder
 from colbert_core.data import OnBadRecord, RejectLog, load_qrels, load_queries
 from colbert_core.encoder import EncoderSettings
@@ -24,10 +26,24 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--exact",
         action="store_true",
-        required=True,
-        help="exhaustive MaxSim over every document (the only mode so far)",
+        help="exhaustive MaxSim over every document of --embeddings",
     )
-    p.add_argument("--embeddings", required=True, help="encode output folder (ROOT)")
+    p.add_argument("--embeddings", default=None, help="encode output (ROOT) for --exact")
+    p.add_argument("--index", default=None, help="index folder or s3:// (IDX) for ANN search")
+    p.add_argument(
+        "--k-prime",
+        type=int,
+        default=32,
+        help="tokens retrieved per query token (candidate generation)",
+    )
+    p.add_argument(
+        "--max-candidates",
+        type=int,
+        default=256,
+        help="documents kept for exact MaxSim per query (rule in docs)",
+    )
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default nlist/64)")
+    p.add_argument("--ef-search", type=int, default=None, help="HNSW efSearch")
     p.add_argument(
         "--queries", required=True, help="BEIR folder, beir:<name>, irds:<id>, or a queries file"
     )
@@ -70,22 +86,26 @@ def _is_dataset(spec: str) -> bool:
     return spec.startswith(("beir:", "irds:")) or Path(spec).is_dir()
 
 
-def run_search(args: argparse.Namespace) -> int:
-    parse_measures(args.measures)  # fail on a bad measure name before any work
-    store = EmbeddingStore(args.embeddings)
-    recorded = store.encoder
+def _query_encoder(recorded: dict, model: str | None):
     settings = EncoderSettings.from_dict(recorded["settings"])
     encoder = load_encoder(
-        args.model or recorded["model_path"],
+        model or recorded["model_path"],
         query_maxlen=settings.query_maxlen,
         doc_maxlen=settings.doc_maxlen,
     )
     if encoder.fingerprint != recorded["fingerprint"]:
         raise ManifestError(
             f"the query encoder {encoder.path} (fingerprint {encoder.fingerprint}) is not the "
-            f"model that encoded {args.embeddings} ({recorded['fingerprint']}); pass --model "
+            f"model that encoded the documents ({recorded['fingerprint']}); pass --model "
             "with the original checkpoint"
         )
+    return encoder
+
+
+def run_search(args: argparse.Namespace) -> int:
+    parse_measures(args.measures)  # fail on a bad measure name before any work
+    if args.exact == bool(args.index) or (args.exact and not args.embeddings):
+        raise ValueError("use either --exact --embeddings ROOT or --index IDX")
     rejects = RejectLog()
     queries = load_queries(
         args.queries,
@@ -99,41 +119,103 @@ def run_search(args: argparse.Namespace) -> int:
     if empty:
         logger.warning("%d queries have empty text (e.g. %s)", len(empty), empty[:5])
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    q_vectors = encoder.encode_queries([q.text for q in queries])
-    timings["query_encoding_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with progress_bar(store.n_docs, "search") as bar:
-        result = exact_search(
-            store,
-            q_vectors,
-            k=args.k,
-            memory_budget_bytes=args.memory_budget_mb << 20,
-            progress=bar.update,
+    extra: dict = {}
+    wall0 = time.perf_counter()
+    if args.exact:
+        store = EmbeddingStore(args.embeddings)
+        encoder = _query_encoder(store.encoder, args.model)
+        t0 = time.perf_counter()
+        q_vectors = encoder.encode_queries([q.text for q in queries])
+        timings["query_encoding_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with progress_bar(store.n_docs, "search") as bar:
+            result = exact_search(
+                store,
+                q_vectors,
+                k=args.k,
+                memory_budget_bytes=args.memory_budget_mb << 20,
+                progress=bar.update,
+            )
+        timings["maxsim_s"] = time.perf_counter() - t0
+        ranked = {
+            q.query_id: [
+                (result.doc_ids[d], float(s))
+                for d, s in zip(result.doc_index[i], result.scores[i], strict=True)
+                if d >= 0
+            ]
+            for i, q in enumerate(queries)
+        }
+        params = {"mode": "exact", "k": args.k, "embeddings": str(args.embeddings)}
+        tag = "colbert-exact"
+    else:
+        from colbert_core.ann_search import SearchParams, default_params, search
+        from colbert_core.index import load_index
+
+        t0 = time.perf_counter()
+        loaded = load_index(args.index)
+        encoder = _query_encoder(loaded.meta["encoder"], args.model)
+        timings["load_s"] = time.perf_counter() - t0
+        sp = default_params(
+            loaded.meta,
+            SearchParams(args.k, args.k_prime, args.max_candidates, args.nprobe, args.ef_search),
         )
-    timings["maxsim_s"] = time.perf_counter() - t0
+        per_query: list[float] = []
+        ranked = {}
+        cand_sets: dict[str, set[str]] = {}
+        enc_s = ann_s = maxsim_s = 0.0
+        batch = 64
+        with progress_bar(len(queries), "search", unit="q") as bar:
+            for lo in range(0, len(queries), batch):
+                chunk = queries[lo : lo + batch]
+                t0 = time.perf_counter()
+                vecs = encoder.encode_queries([q.text for q in chunk])
+                enc_each = (time.perf_counter() - t0) / len(chunk)
+                enc_s += enc_each * len(chunk)
+                for q, r in zip(chunk, search(loaded, vecs, sp), strict=True):
+                    ranked[q.query_id] = [
+                        (loaded.doc_ids[d], float(s))
+                        for d, s in zip(r.doc_index, r.scores, strict=True)
+                    ]
+                    cand_sets[q.query_id] = {loaded.doc_ids[d] for d in r.candidates}
+                    ann_s += r.timings["ann_s"]
+                    maxsim_s += r.timings["maxsim_s"]
+                    per_query.append(enc_each + r.timings["ann_s"] + r.timings["maxsim_s"])
+                bar.update(len(chunk))
+        timings |= {"query_encoding_s": enc_s, "ann_s": ann_s, "maxsim_s": maxsim_s}
+        lat = np.array(per_query) * 1000
+        extra["latency_ms"] = {
+            "p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
+            "p95": round(float(np.percentile(lat, 95)), 2) if lat.size else None,
+            "p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+        }
+        if qrels is not None:
+            extra["candidate_recall"] = candidate_recall(cand_sets, qrels)
+        params = {
+            "mode": "index",
+            "index": str(args.index),
+            "type": loaded.meta["type"],
+            "factory": loaded.meta["factory"],
+            "k": sp.k,
+            "k_prime": sp.k_prime,
+            "max_candidates": sp.max_candidates,
+            "nprobe": sp.nprobe,
+            "ef_search": sp.ef_search,
+            "bytes_per_token": loaded.meta["bytes_per_token"],
+        }
+        tag = f"colbert-{loaded.meta['type']}"
+    wall = time.perf_counter() - wall0
     out = Path(args.out)
-    ranked = {
-        q.query_id: [
-            (result.doc_ids[d], float(s))
-            for d, s in zip(result.doc_index[i], result.scores[i], strict=True)
-            if d >= 0
-        ]
-        for i, q in enumerate(queries)
-    }
-    write_trec_run(out / "run.trec", ranked, tag="colbert-exact")
-    extra = {
-        "params": {
-            "mode": "exact",
-            "k": args.k,
-            "embeddings": str(args.embeddings),
-            "queries": args.queries,
-            "qrels": qrels_spec,
-            "split": args.split,
-        },
+    write_trec_run(out / "run.trec", ranked, tag=tag)
+    extra |= {
+        "params": params | {"queries": args.queries, "qrels": qrels_spec, "split": args.split},
         "encoder": encoder.describe(),
         "timings": {k: round(v, 3) for k, v in timings.items()}
-        | {"qps": round(len(queries) / max(sum(timings.values()), 1e-9), 2)},
+        | {
+            "wall_s": round(wall, 3),
+            "qps": round(
+                len(queries) / max(sum(v for k, v in timings.items() if k != "load_s"), 1e-9), 2
+            ),
+        },
         "empty_queries": empty,
         "query_rejects": len(rejects),
     }
@@ -149,6 +231,20 @@ def run_search(args: argparse.Namespace) -> int:
     write_evaluation(out, ev, extra=extra)
     _report(ev, out)
     return 0
+
+
+def candidate_recall(cand_sets: dict[str, set[str]], qrels) -> float | None:
+    """Mean over judged queries of the fraction of relevant documents among candidates."""
+    relevant: dict[str, set[str]] = {}
+    for q in qrels:
+        if q.relevance > 0:
+            relevant.setdefault(q.query_id, set()).add(q.doc_id)
+    values = [
+        len(rel & cand_sets.get(qid, set())) / len(rel)
+        for qid, rel in relevant.items()
+        if qid in cand_sets
+    ]
+    return round(sum(values) / len(values), 4) if values else None
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
