@@ -14,6 +14,7 @@ Per query:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,6 @@ import torch
 
 from .index.loader import LoadedIndex
 from .index.tokenstore import token_to_doc
-from .maxsim import maxsim_flat
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,8 @@ def configure(index: faiss.Index, params: SearchParams) -> None:
     if ivf is not None and params.nprobe is not None:
         ivf.nprobe = params.nprobe
     if params.ef_search is not None:
-        try:
+        with contextlib.suppress(AttributeError):
             faiss.downcast_index(index).hnsw.efSearch = params.ef_search
-        except AttributeError:
-            pass
 
 
 def default_params(meta: dict, params: SearchParams) -> SearchParams:

@@ -10,6 +10,7 @@ the endpoint of an S3-compatible store from ``AWS_ENDPOINT_URL``. Neither is eve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -115,13 +116,73 @@ class LocalStorage:
         return n
 
 
-class S3Storage:
-    """An S3 (or S3-compatible) prefix, via boto3 with retries that outlast a restart."""
+#: Error codes S3 (and S3-compatible stores) send for a missing object. A HEAD request has
+#: no body, so a missing bucket reads as a bare 404 there too.
+_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 
-    #: Attempts and the cap of the exponential backoff between them, in seconds: long
-    #: enough to ride out an S3-compatible server restarting mid-job.
-    attempts = 8
-    max_backoff_s = 8.0
+#: Error codes worth retrying whatever their HTTP status (RequestTimeout is a 400).
+_TRANSIENT_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "TooManyRequestsException",
+        "InternalError",
+        "ServiceUnavailable",
+        "PriorRequestNotComplete",
+    }
+)
+
+
+def _client_error_parts(exc: Exception) -> tuple[str, int, str]:
+    """(code, HTTP status, message) of a botocore ``ClientError``."""
+    response = getattr(exc, "response", {}) or {}
+    error = response.get("Error", {}) or {}
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return str(error.get("Code", "")), status, str(error.get("Message", "") or "")
+
+
+def _is_transient(exc: Exception) -> bool:
+    """Whether a failed S3 call may succeed if simply tried again."""
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.ClientError):
+        code, status, _ = _client_error_parts(exc)
+        return code in _TRANSIENT_CODES or status >= 500 or status in (408, 429)
+    if isinstance(exc, bx.SSLError):
+        return False  # a certificate or protocol mismatch does not fix itself
+    # Connection refused/reset/closed, timeouts, a body cut short, a checksum mismatch
+    # on the way: the server restarting or the network hiccuping. Credentials and
+    # parameter errors are not.
+    return isinstance(
+        exc,
+        bx.ConnectionError
+        | bx.HTTPClientError
+        | bx.IncompleteReadError
+        | bx.ChecksumError
+        | bx.FlexibleChecksumError,
+    )
+
+
+class S3Storage:
+    """An S3 (or S3-compatible) prefix, via boto3 with retries that outlast a restart.
+
+    Transient failures (connection refused or reset, timeouts, 5xx, throttling) are retried
+    with exponential backoff for up to :attr:`retry_window_s` seconds; anything else
+    fails at once with a :class:`StorageError` naming the ``s3://`` object. Messages never
+    include credentials: only the URI, the S3 error code and the server's message.
+    """
+
+    #: How long one operation keeps retrying transient failures before it fails, and the
+    #: cap of the exponential backoff between its attempts. A restarting S3-compatible
+    #: server is unreachable for a few seconds to tens of seconds (SeaweedFS: ~5-15 s
+    #: until its volumes are writable again); a job must ride that out, not fail.
+    retry_window_s = 90.0
+    max_backoff_s = 5.0
+    first_backoff_s = 0.25
 
     def __init__(self, uri: str):
         import boto3
@@ -134,15 +195,22 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self._client = boto3.client(
+        # A session of its own: boto3's default session is not safe to create clients
+        # from in several threads at once.
+        self._client = boto3.session.Session().client(
             "s3",
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
             config=Config(
-                retries={"max_attempts": 3, "mode": "standard"},
+                # One retry layer, ours (below): botocore's own would multiply attempts
+                # and make the time an operation may take unpredictable.
+                retries={"total_max_attempts": 1},
                 connect_timeout=5,
-                read_timeout=120,
+                read_timeout=60,
             ),
         )
+
+    def __repr__(self) -> str:
+        return f"S3Storage({self.uri!r})"
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -150,92 +218,101 @@ class S3Storage:
     def describe(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
 
-    def _retry(self, what: str, key: str, fn: Callable[[], T]) -> T:
+    def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
+        """Run one S3 call with retries.
+
+        Raises
+        ------
+        FileNotFoundError
+            The object does not exist.
+        StorageError
+            Any other failure, transient ones once :attr:`retry_window_s` has passed.
+        """
         from botocore.exceptions import BotoCoreError, ClientError
 
-        delay = 0.5
-        for attempt in range(1, self.attempts + 1):
+        start = time.monotonic()
+        delay = self.first_backoff_s
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return fn()
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                if code in {"NoSuchKey", "404", "NoSuchBucket", "AccessDenied", "403"} or (
-                    400 <= int(status or 0) < 500 and status not in (408, 429)
-                ):
-                    raise
-                err: Exception = exc
-            except BotoCoreError as exc:
+            except (ClientError, BotoCoreError) as exc:
                 err = exc
-            if attempt == self.attempts:
+            if isinstance(err, ClientError):
+                code, status, message = _client_error_parts(err)
+                if code in _NOT_FOUND:
+                    raise FileNotFoundError(f"{self.describe(key)} does not exist") from err
+                reason = f"{code or status}: {message}" if message else (code or str(status))
+            else:
+                reason = f"{type(err).__name__}: {err}"
+            if not _is_transient(err):
+                hint = ""
+                if isinstance(err, ClientError) and status == 403:
+                    hint = " (check the credentials in the AWS chain and AWS_ENDPOINT_URL)"
+                raise StorageError(f"{what} {self.describe(key)} failed: {reason}{hint}") from err
+            elapsed = time.monotonic() - start
+            if elapsed + delay > self.retry_window_s:
                 raise StorageError(
-                    f"{what} {self.describe(key)} failed after {attempt} attempts: {err}"
+                    f"{what} {self.describe(key)} failed {attempt} times over {elapsed:.0f} s: "
+                    f"{reason}"
                 ) from err
             logger.warning(
-                "%s %s failed (%s); retrying in %.1fs",
-                what,
-                self.describe(key),
-                type(err).__name__,
-                delay,
+                "%s %s failed (%s); retrying in %.1fs", what, self.describe(key), reason, delay
             )
             time.sleep(delay)
             delay = min(delay * 2, self.max_backoff_s)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def put(self, key: str, data: bytes) -> None:
-        # One PUT: S3 makes the object visible only once it is complete.
-        self._retry(
+        # One PUT: S3 makes the object visible only once it is complete. Repeating it
+        # after a failure is safe (same key, same bytes).
+        self._call(
             "PUT",
             key,
             lambda: self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data),
         )
 
     def get(self, key: str) -> bytes:
-        from botocore.exceptions import ClientError
+        def fetch() -> bytes:
+            # The body is read inside the retried call: a connection cut mid-body is a
+            # transient failure like any other.
+            resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return resp["Body"].read()
 
-        try:
-            resp = self._retry(
-                "GET", key, lambda: self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
-                raise FileNotFoundError(self.describe(key)) from exc
-            raise StorageError(f"GET {self.describe(key)}: {exc}") from exc
-        return resp["Body"].read()
+        return self._call("GET", key, fetch)
 
     def size(self, key: str) -> int | None:
-        from botocore.exceptions import ClientError
-
         try:
-            resp = self._retry(
+            resp = self._call(
                 "HEAD",
                 key,
                 lambda: self._client.head_object(Bucket=self.bucket, Key=self._key(key)),
             )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
-                return None
-            raise StorageError(f"HEAD {self.describe(key)}: {exc}") from exc
+        except FileNotFoundError:
+            return None
         return int(resp["ContentLength"])
 
     def list(self, prefix: str) -> list[str]:
+        """Keys under the folder ``prefix`` (``embeddings`` never matches ``embeddings2/``)."""
         keys: list[str] = []
         token: str | None = None
-        full = self._key(prefix)
+        folder = self._key(prefix.strip("/")) if prefix.strip("/") else self.prefix
+        full = f"{folder}/" if folder else ""
         strip = len(self.prefix) + 1 if self.prefix else 0
         while True:
             kwargs = {"Bucket": self.bucket, "Prefix": full}
             if token:
                 kwargs["ContinuationToken"] = token
-            resp = self._retry("LIST", prefix, lambda kw=kwargs: self._client.list_objects_v2(**kw))
+            resp = self._call("LIST", prefix, lambda kw=kwargs: self._client.list_objects_v2(**kw))
             keys += [obj["Key"][strip:] for obj in resp.get("Contents", [])]
             if not resp.get("IsTruncated"):
                 return sorted(keys)
             token = resp.get("NextContinuationToken")
 
     def delete(self, key: str) -> None:
-        self._retry(
-            "DELETE",
-            key,
-            lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)),
-        )
+        with contextlib.suppress(FileNotFoundError):  # already gone: what was asked for
+            self._call(
+                "DELETE",
+                key,
+                lambda: self._client.delete_object(Bucket=self.bucket, Key=self._key(key)),
+            )
