@@ -1,0 +1,177 @@
+"""Search quality and speed: exact vs IVF-PQ vs HNSW (ours) vs fast-plaid, one run.
+
+All systems search the same token embeddings with the same pre-encoded queries, so QPS here
+excludes query encoding for everyone (it is reported separately for ours). nDCG@10 comes
+from the same ir_measures evaluation for every run.
+
+Usage::
+
+    python bench/search_compare.py --dataset beir:scifact --embeddings out/demo/embeddings \
+        --indexes out/bench/idx-ivfpq,out/bench/idx-hnsw [--fastplaid-index out/bench/fp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from ir_measures import ScoredDoc
+
+from colbert_core import load_encoder
+from colbert_core.ann_search import SearchParams, default_params, search
+from colbert_core.data import load_qrels, load_queries
+from colbert_core.encoder import EncoderSettings
+from colbert_core.evaluation import evaluate
+from colbert_core.exact import exact_search
+from colbert_core.index import load_index
+from colbert_core.runs import read_trec_run
+from colbert_core.store import EmbeddingStore
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="beir:scifact")
+    p.add_argument("--split", default="test")
+    p.add_argument("--embeddings", required=True)
+    p.add_argument("--indexes", default="", help="comma list of index folders")
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--k-prime", type=int, default=32)
+    p.add_argument("--max-candidates", type=int, default=256)
+    p.add_argument("--skip-exact", action="store_true")
+    p.add_argument("--fastplaid-index", default=None)
+    p.add_argument("--fastplaid-venv", default=str(Path(__file__).parent / ".venv-fastplaid"))
+    p.add_argument("--fastplaid-build", action="store_true", help="(re)build its index first")
+    args = p.parse_args()
+
+    store = EmbeddingStore(args.embeddings)
+    settings = EncoderSettings.from_dict(store.encoder["settings"])
+    encoder = load_encoder(
+        store.encoder["model_path"],
+        query_maxlen=settings.query_maxlen,
+        doc_maxlen=settings.doc_maxlen,
+    )
+    queries = load_queries(args.dataset, split=args.split)
+    qrels = load_qrels(args.dataset, split=args.split)
+    t0 = time.perf_counter()
+    qv = encoder.encode_queries([q.text for q in queries])
+    enc_s = time.perf_counter() - t0
+    rows = []
+
+    def record(name: str, run: list[ScoredDoc], seconds: float, **extra) -> None:
+        ev = evaluate(run, qrels)
+        row = {
+            "system": name,
+            "nDCG@10": round(ev.measures["nDCG@10"], 4),
+            "R@100": round(ev.measures["R@100"], 4),
+            "qps": round(len(queries) / seconds, 2),
+            **extra,
+        }
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+
+    if not args.skip_exact:
+        t0 = time.perf_counter()
+        res = exact_search(store, qv, k=args.k)
+        secs = time.perf_counter() - t0
+        run = [
+            ScoredDoc(q.query_id, res.doc_ids[d], float(s))
+            for i, q in enumerate(queries)
+            for d, s in zip(res.doc_index[i], res.scores[i], strict=True)
+            if d >= 0
+        ]
+        record("exact MaxSim (brute force)", run, secs, bytes_per_token=2 * store.dim)
+    for folder in [x for x in args.indexes.split(",") if x]:
+        loaded = load_index(folder)
+        sp = default_params(loaded.meta, SearchParams(args.k, args.k_prime, args.max_candidates))
+        search(loaded, qv[:8], sp)  # warm the page cache / allocators
+        lat = []
+        run = []
+        t0 = time.perf_counter()
+        for q, v in zip(queries, qv, strict=True):
+            t1 = time.perf_counter()
+            r = search(loaded, [v], sp)[0]
+            lat.append(time.perf_counter() - t1)
+            run += [
+                ScoredDoc(q.query_id, loaded.doc_ids[d], float(s))
+                for d, s in zip(r.doc_index, r.scores, strict=True)
+            ]
+        secs = time.perf_counter() - t0
+        lat_ms = np.array(lat) * 1000
+        record(
+            f"ours {loaded.meta['factory']} (k'={sp.k_prime}, C={sp.max_candidates}, "
+            f"nprobe={sp.nprobe}, ef={sp.ef_search})",
+            run,
+            secs,
+            p50_ms=round(float(np.percentile(lat_ms, 50)), 1),
+            p95_ms=round(float(np.percentile(lat_ms, 95)), 1),
+            index_bytes_per_token=loaded.meta["bytes_per_token"]["index"],
+            store_bytes_per_token=loaded.meta["bytes_per_token"]["token_store"],
+        )
+    if args.fastplaid_index:
+        python = Path(args.fastplaid_venv) / "bin" / "python"
+        with tempfile.TemporaryDirectory() as tmp:
+            qfile = Path(tmp) / "queries.npz"
+            np.savez(
+                qfile,
+                query_ids=json.dumps([q.query_id for q in queries]),
+                **{f"q_{i}": v for i, v in enumerate(qv)},
+            )
+            run_file = Path(tmp) / "run.trec"
+            cmd = [
+                str(python),
+                str(Path(__file__).with_name("fastplaid_bench.py")),
+                "--embeddings",
+                args.embeddings,
+                "--index",
+                args.fastplaid_index,
+                "--queries",
+                str(qfile),
+                "--run",
+                str(run_file),
+                "--top-k",
+                str(args.k),
+            ]
+            if not args.fastplaid_build:
+                cmd.append("--skip-build")
+            res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            out = json.loads(res.stdout.strip().splitlines()[-1])
+            record(
+                "fast-plaid (CPU, nbits=4, n_ivf_probe=4, n_full_scores=1024)",
+                read_trec_run(run_file),
+                out["search_s"],
+                build_s=out.get("build_s"),
+                bytes_per_token=out.get("bytes_per_token"),
+            )
+    print(
+        json.dumps(
+            {
+                "dataset": args.dataset,
+                "queries": len(queries),
+                "query_encoding_s": round(enc_s, 2),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "runs": rows,
+            },
+            indent=2,
+        )
+    )
+    print(
+        "\n| system | nDCG@10 | R@100 | QPS (excl. query encoding) | p50 ms | p95 ms |"
+        "\n|---|---|---|---|---|---|"
+    )
+    for r in rows:
+        print(
+            f"| {r['system']} | {r['nDCG@10']:.4f} | {r['R@100']:.4f} | {r['qps']:.2f} | "
+            f"{r.get('p50_ms', '')} | {r.get('p95_ms', '')} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
