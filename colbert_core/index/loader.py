@@ -21,6 +21,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import pyarrow as pa
 
 from ..storage import is_s3, open_storage
 from .build import INDEX_FILE, INDEX_FORMAT_VERSION, META
@@ -102,7 +103,7 @@ def load_index(
     dim, n_tokens, n_docs = int(meta["dim"]), int(meta["n_tokens"]), int(meta["n_docs"])
     try:
         index = faiss.read_index(str(folder / INDEX_FILE))
-    except RuntimeError as exc:
+    except (RuntimeError, MemoryError) as exc:
         raise IndexLoadError(f"{folder / INDEX_FILE}: FAISS cannot read it: {exc}") from exc
     if index.d != dim or index.ntotal != n_tokens:
         raise IndexLoadError(
@@ -111,7 +112,10 @@ def load_index(
         )
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise IndexLoadError(f"{folder / INDEX_FILE}: metric is not inner product")
-    offsets = read_offsets((folder / OFFSETS).read_bytes())
+    try:
+        offsets = read_offsets((folder / OFFSETS).read_bytes())
+    except (ValueError, EOFError, OSError) as exc:  # damaged file loaded with verify=False
+        raise IndexLoadError(f"{folder / OFFSETS}: unreadable ({exc}); rebuild the index") from exc
     if (
         offsets.dtype != np.int64
         or offsets.shape != (n_docs + 1,)
@@ -123,7 +127,10 @@ def load_index(
             f"{folder / OFFSETS}: not {n_docs + 1} non-decreasing int64 offsets from 0 to "
             f"{n_tokens}; rebuild the index"
         )
-    doc_ids = read_doc_ids((folder / DOC_IDS).read_bytes())
+    try:
+        doc_ids = read_doc_ids((folder / DOC_IDS).read_bytes())
+    except (pa.ArrowException, ValueError, KeyError, OSError) as exc:
+        raise IndexLoadError(f"{folder / DOC_IDS}: unreadable ({exc}); rebuild the index") from exc
     if len(doc_ids) != n_docs:
         raise IndexLoadError(f"{folder / DOC_IDS}: {len(doc_ids)} ids for {n_docs} documents")
     if (folder / TOKENS).stat().st_size != n_tokens * dim * 2:
@@ -186,8 +193,10 @@ def _download(uri: str, cache_dir: Path) -> Path:
 
     for name, entry in meta.get("files", {}).items():
         local = folder / name
-        if local.exists() and local.stat().st_size == entry["bytes"] and (
-            _sha256(local) == entry["sha256"]
+        if (
+            local.exists()
+            and local.stat().st_size == entry["bytes"]
+            and (_sha256(local) == entry["sha256"])
         ):
             continue
         logger.info("downloading %s", storage.describe(name))

@@ -11,6 +11,8 @@ Rules (each overridable):
   has its 39 points per centroid. ``m`` = ``dim / 16`` sub-quantizers of ``nbits = 8``:
   ``dim / 16`` bytes of code per token, plus the 8-byte id FAISS keeps per entry, so
   d=128 costs 16 bytes/token (the float16 token store for exact MaxSim is separate).
+  No polysemous training (``index_factory``'s default for PQ): it only serves Hamming
+  filtering, which search does not use, and cost seconds per sub-quantizer.
 * ``hnsw``: ``HNSW{M},Flat`` (or ``HNSW{M},SQ8`` with ``hnsw_storage="sq8"``), ``M = 32``,
   ``efConstruction = 80``.
 * any FAISS ``index_factory`` string via ``factory``.
@@ -119,14 +121,26 @@ def resolve_spec(
         pq_nbits = pq_nbits or 8
         if dim % pq_m:
             raise IndexSpecError(f"--pq-m {pq_m} must divide the dimension {dim}")
-        if nlist > n_tokens:
-            raise IndexSpecError(f"--nlist {nlist} exceeds the {n_tokens} tokens to index")
+        if not 1 <= nlist <= n_tokens:
+            raise IndexSpecError(f"--nlist {nlist} must be between 1 and the {n_tokens} tokens")
         sample = train_sample or min(
             MAX_TRAIN, max(64 * nlist, MIN_POINTS_PER_CENTROID * nlist, 2**pq_nbits * 39)
         )
+        if min(sample, n_tokens) < 2**pq_nbits:
+            raise IndexSpecError(
+                f"PQ with {pq_nbits}-bit codes trains {2**pq_nbits} centroids per sub-quantizer "
+                f"but only {min(sample, n_tokens)} training vectors are available; lower "
+                "--pq-nbits or use --type flat"
+            )
         spec = IndexSpec(
-            "ivfpq", f"IVF{nlist},PQ{pq_m}x{pq_nbits}", dim, min(sample, n_tokens), seed,
-            nlist=nlist, pq_m=pq_m, pq_nbits=pq_nbits,
+            "ivfpq",
+            f"IVF{nlist},PQ{pq_m}x{pq_nbits}",
+            dim,
+            min(sample, n_tokens),
+            seed,
+            nlist=nlist,
+            pq_m=pq_m,
+            pq_nbits=pq_nbits,
         )
     elif type == "hnsw":
         hnsw_m = hnsw_m or 32
@@ -135,8 +149,13 @@ def resolve_spec(
             raise IndexSpecError(f"hnsw storage must be flat or sq8, got {hnsw_storage!r}")
         sample = 0 if storage == "Flat" else min(train_sample or DEFAULT_OTHER_TRAIN, n_tokens)
         spec = IndexSpec(
-            "hnsw", f"HNSW{hnsw_m},{storage}", dim, sample, seed,
-            hnsw_m=hnsw_m, ef_construction=ef_construction or 80,
+            "hnsw",
+            f"HNSW{hnsw_m},{storage}",
+            dim,
+            sample,
+            seed,
+            hnsw_m=hnsw_m,
+            ef_construction=ef_construction or 80,
         )
     elif type == "factory":
         if not factory:
@@ -147,15 +166,24 @@ def resolve_spec(
             probe = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
             raise IndexSpecError(f"FAISS rejects the factory string {factory!r}: {exc}") from exc
+        ivf = faiss.try_extract_index_ivf(probe)
+        if ivf is not None and not 1 <= ivf.nlist <= n_tokens:
+            raise IndexSpecError(
+                f"--factory {factory!r}: {ivf.nlist} IVF lists for {n_tokens} tokens "
+                f"(k-means needs 1 <= nlist <= n_tokens)"
+            )
         sample = 0
         if not probe.is_trained:
-            ivf = faiss.try_extract_index_ivf(probe)
             if ivf is not None:
                 sample = min(MAX_TRAIN, max(64 * ivf.nlist, MIN_POINTS_PER_CENTROID * ivf.nlist))
             else:
                 sample = DEFAULT_OTHER_TRAIN
         spec = IndexSpec(
-            "factory", factory, dim, min(train_sample or sample, n_tokens), seed,
+            "factory",
+            factory,
+            dim,
+            min(train_sample or sample, n_tokens),
+            seed,
             ef_construction=ef_construction,
         )
     else:

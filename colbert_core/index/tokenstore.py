@@ -50,8 +50,9 @@ class TokenStoreWriter:
 
     def append(self, doc_ids: list[str], offsets: np.ndarray, tokens: np.ndarray) -> None:
         if tokens.dtype != np.float16 or tokens.ndim != 2 or tokens.shape[1] != self.dim:
-            raise ValueError(f"expected (n, {self.dim}) float16 tokens, got {tokens.dtype} "
-                             f"{tokens.shape}")
+            raise ValueError(
+                f"expected (n, {self.dim}) float16 tokens, got {tokens.dtype} {tokens.shape}"
+            )
         raw = np.ascontiguousarray(tokens, dtype="<f2").tobytes()
         self._fh.write(raw)
         self.sha256.update(raw)
