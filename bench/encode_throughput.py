@@ -71,7 +71,7 @@ def run_single(encoder, texts: list[str], batch_size: int) -> dict:
     vectors = encoder.encode_documents(texts, batch_size=batch_size)
     seconds = time.perf_counter() - start
     return {
-        "mode": "single-process",
+        "mode": f"single-process, {str(encoder.dtype).removeprefix('torch.')}",
         "seconds": seconds,
         "tokens_kept": sum(v.shape[0] for v in vectors),
         "torch_threads": torch.get_num_threads(),
@@ -101,6 +101,8 @@ def run_ray(texts_file: Path, n_docs: int, workers: int, args, tmp: Path) -> dic
         str(args.batch_size),
         "--threads-per-worker",
         str(args.threads_per_worker),
+        "--dtype",
+        args.dtype,
     ]
     if args.doc_maxlen:
         cmd += ["--doc-maxlen", str(args.doc_maxlen)]
@@ -116,7 +118,7 @@ def run_ray(texts_file: Path, n_docs: int, workers: int, args, tmp: Path) -> dic
     manifest = json.loads((out / "manifest.json").read_text())
     summary = manifest["summary"]
     return {
-        "mode": f"ray, {workers} worker(s) x {args.threads_per_worker} thread(s)",
+        "mode": f"ray, {workers} worker(s) x {args.threads_per_worker} thread(s), {args.dtype}",
         "seconds": summary["seconds"],
         "wall_seconds_incl_startup": round(wall, 2),
         "tokens_kept": manifest["totals"]["tokens"],
@@ -139,11 +141,13 @@ def run_pylate(texts_file_lines: Path, encoder, args) -> dict | None:
         str(encoder.settings.doc_maxlen),
         "--batch-size",
         str(args.batch_size),
+        "--dtype",
+        "bf16" if args.dtype == "bf16" else "fp32",
     ]
     res = subprocess.run(cmd, check=True, capture_output=True, text=True)
     out = json.loads(res.stdout.strip().splitlines()[-1])
     return {
-        "mode": "PyLate 1.6.0 models.ColBERT.encode",
+        "mode": f"PyLate 1.6.0 models.ColBERT.encode, {'bf16' if args.dtype == 'bf16' else 'fp32'}",
         "seconds": out["seconds"],
         "tokens_kept": out["tokens_kept"],
         "torch_threads": out["torch_threads"],
@@ -163,11 +167,12 @@ def main() -> None:
         help="comma list of single, ray1, ray2, ... (rayN: N workers), pylate",
     )
     parser.add_argument("--threads-per-worker", type=int, default=1)
+    parser.add_argument("--dtype", default="auto", help="encoder precision for single/rayN")
     parser.add_argument("--pylate-venv", default=str(Path(__file__).parent / ".venv-pylate"))
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
 
-    encoder = load_encoder(args.model, doc_maxlen=args.doc_maxlen)
+    encoder = load_encoder(args.model, doc_maxlen=args.doc_maxlen, dtype=args.dtype)
     texts, ids = [], []
     for doc in open_corpus(args.dataset):
         texts.append(doc.contents)

@@ -21,6 +21,7 @@ def main() -> None:
     p.add_argument("--texts", required=True)
     p.add_argument("--document-length", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     args = p.parse_args()
     with open(args.texts, encoding="utf-8") as fh:
         texts = [json.loads(line) for line in fh]

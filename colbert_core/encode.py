@@ -52,6 +52,7 @@ class EncodeConfig:
     batch_size: int = 32
     doc_maxlen: int | None = None
     on_bad_record: str = "error"
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.shard_size <= 0:

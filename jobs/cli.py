@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from . import encode_job, index_job, search_job
+from . import encode_job, index_job, pipeline, rerank_job, search_job
 from ._console import configure_logging
 
 logger = logging.getLogger("colbert_batch")
@@ -28,6 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search encoded documents and evaluate the run")
     search_job.add_search_arguments(p)
     p.set_defaults(func=search_job.run_search)
+    p = sub.add_parser("rerank", help="exact MaxSim reranking of a given run (e.g. BM25)")
+    rerank_job.add_rerank_arguments(p)
+    p.set_defaults(func=rerank_job.run_rerank)
+    p = sub.add_parser("bm25", help="BM25 baseline run (bm25s, stemmed, stopworded)")
+    rerank_job.add_bm25_arguments(p)
+    p.set_defaults(func=rerank_job.run_bm25)
+    p = sub.add_parser("pipeline", help="encode -> index -> search -> evaluate from a YAML")
+    pipeline.add_arguments(p)
+    p.set_defaults(func=pipeline.run)
     p = sub.add_parser("evaluate", help="evaluate any TREC run against qrels")
     search_job.add_evaluate_arguments(p)
     p.set_defaults(func=search_job.run_evaluate)

@@ -67,6 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=32, help="documents per forward pass")
     p.add_argument(
+        "--dtype",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="encoder precision (auto: fp32 on CPU, bf16/fp16 on GPU; bf16 on CPUs with AMX "
+        "is ~2.5x faster)",
+    )
+    p.add_argument(
         "--doc-maxlen", type=int, default=None, help="override the checkpoint's document length"
     )
     p.add_argument(
@@ -121,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         doc_maxlen=args.doc_maxlen,
         on_bad_record=args.on_bad_record,
+        dtype=args.dtype,
     )
     res = ray_runtime.connect(args.ray_address)
     spec = worker_spec(args, res)

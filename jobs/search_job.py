@@ -45,6 +45,23 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default nlist/64)")
     p.add_argument("--ef-search", type=int, default=None, help="HNSW efSearch")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Ray search actors for --index (default: one per cluster CPU)",
+    )
+    p.add_argument(
+        "--threads-per-worker", type=int, default=1, help="torch threads per search actor"
+    )
+    p.add_argument(
+        "--query-batch-size", type=int, default=32, help="queries per batch sent to an actor"
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="join this Ray cluster (default: $RAY_ADDRESS, else a local cluster)",
+    )
+    p.add_argument(
         "--queries", required=True, help="BEIR folder, beir:<name>, irds:<id>, or a queries file"
     )
     p.add_argument(
@@ -147,90 +164,105 @@ def run_search(args: argparse.Namespace) -> int:
         }
         params = {"mode": "exact", "k": args.k, "embeddings": str(args.embeddings)}
         tag = "colbert-exact"
+        encoder_description = encoder.describe()
     else:
-        from colbert_core.ann_search import SearchParams, default_params, search
+        from colbert_core.ann_search import SearchParams
         from colbert_core.index import load_index
 
+        from . import ray_runtime
+        from .search_pool import search_with_pool
+
         t0 = time.perf_counter()
-        loaded = load_index(args.index)
-        encoder = _query_encoder(loaded.meta["encoder"], args.model)
-        timings["load_s"] = time.perf_counter() - t0
-        sp = default_params(
-            loaded.meta,
-            SearchParams(args.k, args.k_prime, args.max_candidates, args.nprobe, args.ef_search),
-        )
-        per_query: list[float] = []
-        ranked = {}
-        cand_sets: dict[str, set[str]] = {}
-        enc_s = ann_s = maxsim_s = 0.0
-        batch = 64
+        meta = load_index(args.index).meta  # validates before any actor starts
+        res = ray_runtime.connect(args.ray_address)
+        workers = args.workers or max(1, int(res.cpus))
+        cpus = max(0.05, (res.cpus - 0.5) / workers)
         with progress_bar(len(queries), "search", unit="q") as bar:
-            for lo in range(0, len(queries), batch):
-                chunk = queries[lo : lo + batch]
-                t0 = time.perf_counter()
-                vecs = encoder.encode_queries([q.text for q in chunk])
-                enc_each = (time.perf_counter() - t0) / len(chunk)
-                enc_s += enc_each * len(chunk)
-                for q, r in zip(chunk, search(loaded, vecs, sp), strict=True):
-                    ranked[q.query_id] = [
-                        (loaded.doc_ids[d], float(s))
-                        for d, s in zip(r.doc_index, r.scores, strict=True)
-                    ]
-                    cand_sets[q.query_id] = {loaded.doc_ids[d] for d in r.candidates}
-                    ann_s += r.timings["ann_s"]
-                    maxsim_s += r.timings["maxsim_s"]
-                    per_query.append(enc_each + r.timings["ann_s"] + r.timings["maxsim_s"])
-                bar.update(len(chunk))
-        timings |= {"query_encoding_s": enc_s, "ann_s": ann_s, "maxsim_s": maxsim_s}
-        lat = np.array(per_query) * 1000
+            rows, info = search_with_pool(
+                args.index,
+                args.model,
+                SearchParams(
+                    args.k, args.k_prime, args.max_candidates, args.nprobe, args.ef_search
+                ),
+                [(q.query_id, q.text) for q in queries],
+                workers=workers,
+                cpus_per_worker=cpus,
+                torch_threads=args.threads_per_worker,
+                on_batch=bar.update,
+                batch_size=args.query_batch_size,
+            )
+        missing = [q.query_id for q in queries if q.query_id not in rows]
+        if missing:
+            raise RuntimeError(f"{len(missing)} queries were not answered, e.g. {missing[:5]}")
+        ranked = {q.query_id: rows[q.query_id]["ranked"] for q in queries}
+        for key in ("query_encoding_s", "ann_s", "maxsim_s"):
+            timings[key] = sum(r["timings"][key] for r in rows.values())
+        lat = np.array([sum(r["timings"].values()) for r in rows.values()]) * 1000
         extra["latency_ms"] = {
-            "p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
-            "p95": round(float(np.percentile(lat, 95)), 2) if lat.size else None,
-            "p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+            p: round(float(np.percentile(lat, int(p[1:]))), 2) if lat.size else None
+            for p in ("p50", "p95", "p99")
         }
         if qrels is not None:
-            extra["candidate_recall"] = candidate_recall(cand_sets, qrels)
+            extra["candidate_recall"] = candidate_recall(
+                {q: set(r["candidates"]) for q, r in rows.items()}, qrels
+            )
+        sp = info["params"]
         params = {
             "mode": "index",
             "index": str(args.index),
-            "type": loaded.meta["type"],
-            "factory": loaded.meta["factory"],
-            "k": sp.k,
-            "k_prime": sp.k_prime,
-            "max_candidates": sp.max_candidates,
-            "nprobe": sp.nprobe,
-            "ef_search": sp.ef_search,
-            "bytes_per_token": loaded.meta["bytes_per_token"],
+            "type": meta["type"],
+            "factory": meta["factory"],
+            **sp,
+            "workers": workers,
+            "threads_per_worker": args.threads_per_worker,
+            "bytes_per_token": meta["bytes_per_token"],
         }
-        tag = f"colbert-{loaded.meta['type']}"
+        tag = f"colbert-{meta['type']}"
+        encoder_description = info["encoder"]
     wall = time.perf_counter() - wall0
-    out = Path(args.out)
-    write_trec_run(out / "run.trec", ranked, tag=tag)
     extra |= {
         "params": params | {"queries": args.queries, "qrels": qrels_spec, "split": args.split},
-        "encoder": encoder.describe(),
+        "encoder": encoder_description,
         "timings": {k: round(v, 3) for k, v in timings.items()}
-        | {
-            "wall_s": round(wall, 3),
-            "qps": round(
-                len(queries) / max(sum(v for k, v in timings.items() if k != "load_s"), 1e-9), 2
-            ),
-        },
+        | {"wall_s": round(wall, 3), "qps": round(len(queries) / max(wall, 1e-9), 2)},
         "empty_queries": empty,
-        "query_rejects": len(rejects),
     }
+    finish_run(
+        Path(args.out),
+        ranked,
+        tag=tag,
+        qrels=qrels,
+        measures=args.measures,
+        extra=extra,
+        rejects=rejects,
+    )
+    return 0
+
+
+def finish_run(
+    out: Path,
+    ranked: dict[str, list[tuple[str, float]]],
+    *,
+    tag: str,
+    qrels,
+    measures,
+    extra: dict,
+    rejects: RejectLog | None = None,
+) -> None:
+    """Write run.trec, metrics.json and per_query.parquet (when qrels exist); print them."""
+    write_trec_run(out / "run.trec", ranked, tag=tag)
+    extra = extra | {"query_rejects": len(rejects) if rejects else 0}
     if rejects:
         rejects.write_jsonl(out / "rejects.jsonl")
     if qrels is None:
         from colbert_core.atomic import write_json_atomic
 
-        write_json_atomic(out / "metrics.json", {"measures": {}, "queries": len(queries)} | extra)
+        write_json_atomic(out / "metrics.json", {"measures": {}, "queries": len(ranked)} | extra)
         print(f"run written to {out / 'run.trec'} (no qrels: nothing to evaluate)")
-        return 0
-    ev = evaluate(_scored(ranked), qrels, args.measures)
+        return
+    ev = evaluate(_scored(ranked), qrels, measures)
     write_evaluation(out, ev, extra=extra)
     _report(ev, out)
-    return 0
 
 
 def candidate_recall(cand_sets: dict[str, set[str]], qrels) -> float | None:

@@ -214,3 +214,20 @@ def test_tokenisation_windows_keep_order_and_values(
     for a, b in zip(whole, windowed, strict=True):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_bf16_on_cpu_is_close_to_fp32(encoded: dict[str, list[np.ndarray]]) -> None:
+    from colbert_core import load_encoder
+
+    enc = load_encoder("minilm", dtype="bf16")
+    assert str(enc.dtype) == "torch.bfloat16"
+    for a, b in zip(encoded["docs"], enc.encode_documents(DOCS), strict=True):
+        assert a.shape == b.shape and b.dtype == np.float32
+        assert float((a * b).sum(axis=1).min()) > 0.99  # cosine per token
+
+
+def test_unknown_dtype_is_refused() -> None:
+    from colbert_core import load_encoder
+
+    with pytest.raises(ValueError, match="dtype must be auto, fp32, bf16 or fp16"):
+        load_encoder("minilm", dtype="int4")
