@@ -15,11 +15,12 @@ export COLBERT_BATCH_DATA ?= $(SHARED_DATASETS)
 endif
 export TOKENIZERS_PARALLELISM ?= false
 
+DEMO_CONFIG ?= jobs/configs/scifact-demo.yaml
 DEMO_OUT ?= out/demo
 DEMO_DATASET ?= beir:scifact
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow test-all lint format bench clean
+.PHONY: setup demo demo-exact test test-slow test-all lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +31,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# SciFact end to end: encode (Ray actors) -> IVF-PQ index -> Ray search actors -> metrics.
 demo: $(STAMP)
-	$(BIN)/colbert-batch encode --corpus $(DEMO_DATASET) --model minilm \
-		--out $(DEMO_OUT)/embeddings
+	$(BIN)/colbert-batch pipeline $(DEMO_CONFIG)
+
+# The foundation's path: exhaustive exact MaxSim over the demo's embeddings.
+demo-exact: demo
 	$(BIN)/colbert-batch search --exact --embeddings $(DEMO_OUT)/embeddings \
 		--queries $(DEMO_DATASET) --out $(DEMO_OUT)/run-exact
 
@@ -53,8 +57,14 @@ format: $(STAMP)
 	$(BIN)/ruff format colbert_core jobs tests bench
 	$(BIN)/ruff check --fix colbert_core jobs tests bench
 
-bench: $(STAMP)
-	$(BIN)/python bench/encode_throughput.py --dataset $(DEMO_DATASET)
+# Benchmarks (record results in bench/RESULTS.md). The PyLate and fast-plaid comparisons
+# need their own virtualenvs: bench/setup_pylate_venv.sh, bench/setup_fastplaid_venv.sh.
+bench: demo
+	$(BIN)/python bench/encode_throughput.py --limit 1000 --modes single,ray1,ray2,pylate
+	$(BIN)/python bench/index_build.py --embeddings $(DEMO_OUT)/embeddings \
+		--types flat,ivfpq,hnsw --work-dir out/bench/scifact
+	$(BIN)/python bench/search_compare.py --embeddings $(DEMO_OUT)/embeddings \
+		--indexes out/bench/scifact/idx-embeddings-ivfpq,out/bench/scifact/idx-embeddings-hnsw
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache
