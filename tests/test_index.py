@@ -256,9 +256,9 @@ def test_resolve_ivfpq_defaults(n_tokens: int, dim: int, factory: str) -> None:
 
 def test_resolve_sample_sizes_are_clamped() -> None:
     big = resolve_spec("ivfpq", n_tokens=10_000_000, dim=128)
-    assert big.train_sample == MAX_TRAIN  # 64 * 16384 > 1M
+    assert big.train_sample == 40 * 16384
     mid = resolve_spec("ivfpq", n_tokens=1_242_251, dim=128)
-    assert mid.train_sample == 64 * 4096
+    assert mid.train_sample == 40 * 4096
     small = resolve_spec("ivfpq", n_tokens=5_000, dim=32)
     assert small.train_sample == 5_000  # never more than there are tokens
 
@@ -304,8 +304,8 @@ def test_resolve_flat_and_hnsw() -> None:
 @pytest.mark.parametrize(
     ("factory", "sample", "is_ivf"),
     [
-        ("IVF64,SQ8", 64 * 64, True),
-        ("OPQ8,IVF64,PQ8", 64 * 64, True),
+        ("IVF64,SQ8", 40 * 64, True),
+        ("OPQ8,IVF64,PQ8", 40 * 64, True),
         ("HNSW16,Flat", 0, False),
         ("Flat", 0, False),
         ("PCA16,Flat", 20_000, False),  # trainable, not IVF: min(n_tokens, 200k)

@@ -18,7 +18,8 @@ Rules (each overridable):
 * any FAISS ``index_factory`` string via ``factory``.
 
 Training sample (seeded, drawn uniformly over all tokens of all shards): IVF types use
-``clamp(64 * nlist, 39 * nlist, 1_000_000)`` vectors, other trainable indices (SQ, a
+``clamp(40 * nlist, 39 * nlist, 1_000_000)`` vectors (k-means needs 39 points per
+centroid; more sample buys little and training time grows linearly with it), other trainable indices (SQ, a
 custom factory) ``min(n_tokens, 200_000)``; never more than ``n_tokens``.
 """
 
@@ -32,6 +33,7 @@ from typing import Any, Literal
 IndexType = Literal["flat", "ivfpq", "hnsw", "factory"]
 
 MIN_POINTS_PER_CENTROID = 39
+TRAIN_PER_CENTROID = 40
 MAX_TRAIN = 1_000_000
 DEFAULT_OTHER_TRAIN = 200_000
 
@@ -124,7 +126,7 @@ def resolve_spec(
         if not 1 <= nlist <= n_tokens:
             raise IndexSpecError(f"--nlist {nlist} must be between 1 and the {n_tokens} tokens")
         sample = train_sample or min(
-            MAX_TRAIN, max(64 * nlist, MIN_POINTS_PER_CENTROID * nlist, 2**pq_nbits * 39)
+            MAX_TRAIN, max(TRAIN_PER_CENTROID * nlist, 2**pq_nbits * 39)
         )
         if min(sample, n_tokens) < 2**pq_nbits:
             raise IndexSpecError(
@@ -175,7 +177,7 @@ def resolve_spec(
         sample = 0
         if not probe.is_trained:
             if ivf is not None:
-                sample = min(MAX_TRAIN, max(64 * ivf.nlist, MIN_POINTS_PER_CENTROID * ivf.nlist))
+                sample = min(MAX_TRAIN, TRAIN_PER_CENTROID * ivf.nlist)
             else:
                 sample = DEFAULT_OTHER_TRAIN
         spec = IndexSpec(
