@@ -43,6 +43,18 @@ ParallelAdd = Callable[[bytes, list[list[ShardInfo]]], Callable[[], Iterator[byt
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident set size (VmHWM).
+
+    Not ``getrusage``: Linux carries ``ru_maxrss`` over ``fork`` + ``exec``, so a build
+    started from a large parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
