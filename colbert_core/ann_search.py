@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
-import torch
 
 from .index.loader import LoadedIndex
 from .index.tokenstore import token_to_doc
+from .maxsim import candidate_rows, maxsim_segments
 
 
 @dataclass(frozen=True)
@@ -128,27 +128,6 @@ def candidates(docs: np.ndarray, sims: np.ndarray, max_candidates: int) -> np.nd
 
 
 def exact_scores(loaded: LoadedIndex, query: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """Exact MaxSim of one query against candidate documents (float16 store).
-
-    Candidates' token rows are gathered from the memory-mapped store, scored with one
-    matrix product, and reduced per document with ``np.maximum.reduceat`` over the
-    contiguous token runs.
-    """
-    if cand.size == 0:
-        return np.zeros(0, dtype=np.float32)
-    starts, ends = loaded.doc_offsets[cand], loaded.doc_offsets[cand + 1]
-    lengths = ends - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(cand.size, dtype=np.float32)
-    # Row indices of every candidate token: a ramp restarted at each document's start.
-    seg_start = np.zeros(cand.size, dtype=np.int64)
-    np.cumsum(lengths[:-1], out=seg_start[1:])
-    rows = np.arange(total, dtype=np.int64) + np.repeat(starts - seg_start, lengths)
-    tokens = torch.from_numpy(np.ascontiguousarray(loaded.tokens[rows])).float()
-    q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
-    sim = (q @ tokens.T).numpy()  # (query tokens, candidate tokens)
-    nonempty = lengths > 0
-    best = np.zeros((sim.shape[0], cand.size), dtype=np.float32)
-    best[:, nonempty] = np.maximum.reduceat(sim, seg_start[nonempty], axis=1)
-    return best.sum(axis=0)
+    """Exact MaxSim of one query against candidate documents (float16 store)."""
+    rows, lengths = candidate_rows(loaded.doc_offsets, cand)
+    return maxsim_segments(query, loaded.tokens[rows], lengths)

@@ -109,3 +109,48 @@ def maxsim_reference(query: np.ndarray, doc: np.ndarray) -> float:
     if doc.shape[0] == 0:
         return 0.0
     return float((query.astype(np.float64) @ doc.astype(np.float64).T).max(axis=1).sum())
+
+
+def candidate_rows(offsets: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Token row indices of documents ``cand`` (in order) and their token counts.
+
+    >>> candidate_rows(np.array([0, 2, 2, 5]), np.array([0, 2]))
+    (array([0, 1, 2, 3, 4]), array([2, 3]))
+    """
+    starts, lengths = offsets[cand], offsets[cand + 1] - offsets[cand]
+    seg_start = np.zeros(len(cand), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=seg_start[1:])
+    # A ramp restarted at each document's first token.
+    rows = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - seg_start, lengths)
+    return rows, lengths
+
+
+def maxsim_segments(
+    query: np.ndarray,
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """One query against documents stored back to back (``lengths[i]`` tokens each).
+
+    One matrix product, then ``np.maximum.reduceat`` over the contiguous token runs. On a
+    CUDA ``device`` the product runs in float16. Empty documents score 0.
+
+    >>> maxsim_segments(np.array([[1.0, 0.0]]), np.array([[1.0, 0], [0.5, 0], [0, 1]]),
+    ...                 np.array([2, 0, 1]))
+    array([1., 0., 0.], dtype=float32)
+    """
+    n = len(lengths)
+    if n == 0 or tokens.shape[0] == 0:
+        return np.zeros(n, dtype=np.float32)
+    device = device or torch.device("cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).to(device, dtype)
+    t = torch.from_numpy(np.ascontiguousarray(tokens)).to(device).to(dtype)
+    sim = (q @ t.T).float().cpu().numpy()
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    best = np.zeros((sim.shape[0], n), dtype=np.float32)
+    nonempty = lengths > 0
+    best[:, nonempty] = np.maximum.reduceat(sim, starts[nonempty], axis=1)
+    return best.sum(axis=0)

@@ -13,28 +13,10 @@ import numpy as np
 import torch
 
 from .index.loader import LoadedIndex
+from .maxsim import candidate_rows, maxsim_segments
 from .store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
-
-
-def score_segments(
-    query: np.ndarray, tokens: np.ndarray, lengths: np.ndarray, device: torch.device
-) -> np.ndarray:
-    """MaxSim of one query against documents stored back to back (``lengths`` each)."""
-    n = len(lengths)
-    if n == 0 or tokens.shape[0] == 0:
-        return np.zeros(n, dtype=np.float32)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).to(device, dtype)
-    t = torch.from_numpy(np.ascontiguousarray(tokens)).to(device).to(dtype)
-    sim = (q @ t.T).float().cpu().numpy()
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    best = np.zeros((sim.shape[0], n), dtype=np.float32)
-    nonempty = lengths > 0
-    best[:, nonempty] = np.maximum.reduceat(sim, starts[nonempty], axis=1)
-    return best.sum(axis=0)
 
 
 def rerank_index(
@@ -57,16 +39,8 @@ def rerank_index(
             continue
         cand = np.array(sorted({position[d] for d in docs if d in position}), dtype=np.int64)
         unknown.update(d for d in docs if d not in position)
-        starts, ends = loaded.doc_offsets[cand], loaded.doc_offsets[cand + 1]
-        lengths = ends - starts
-        rows = (
-            np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
-            if lengths.sum()
-            else np.zeros(0, np.int64)
-        )
-        scores = score_segments(
-            query_vectors[qid], np.asarray(loaded.tokens[rows]), lengths, device
-        )
+        rows, lengths = candidate_rows(loaded.doc_offsets, cand)
+        scores = maxsim_segments(query_vectors[qid], loaded.tokens[rows], lengths, device)
         order = np.lexsort((cand, -scores))
         out[qid] = [(loaded.doc_ids[cand[j]], float(scores[j])) for j in order]
     return out, sorted(unknown)
@@ -94,9 +68,8 @@ def rerank_store(
             idx = np.array(sorted(local[d] for d in docs if d in local), dtype=np.int64)
             if idx.size == 0:
                 continue
-            lengths = shard.offsets[idx + 1] - shard.offsets[idx]
-            rows = np.concatenate([np.arange(shard.offsets[i], shard.offsets[i + 1]) for i in idx])
-            scores = score_segments(query_vectors[qid], shard.tokens[rows], lengths, device)
+            rows, lengths = candidate_rows(shard.offsets, idx)
+            scores = maxsim_segments(query_vectors[qid], shard.tokens[rows], lengths, device)
             scored[qid] += [
                 (int(shard.doc_index[i]), shard.doc_ids[i], float(s))
                 for i, s in zip(idx, scores, strict=True)

@@ -125,9 +125,7 @@ def resolve_spec(
             raise IndexSpecError(f"--pq-m {pq_m} must divide the dimension {dim}")
         if not 1 <= nlist <= n_tokens:
             raise IndexSpecError(f"--nlist {nlist} must be between 1 and the {n_tokens} tokens")
-        sample = train_sample or min(
-            MAX_TRAIN, max(TRAIN_PER_CENTROID * nlist, 2**pq_nbits * 39)
-        )
+        sample = train_sample or min(MAX_TRAIN, max(TRAIN_PER_CENTROID * nlist, 2**pq_nbits * 39))
         if min(sample, n_tokens) < 2**pq_nbits:
             raise IndexSpecError(
                 f"PQ with {pq_nbits}-bit codes trains {2**pq_nbits} centroids per sub-quantizer "
