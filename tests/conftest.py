@@ -307,3 +307,21 @@ def s3_server(_s3_environment: SeaweedS3 | None) -> SeaweedS3:
     if _s3_environment.proc is None:
         _s3_environment.start()
     return _s3_environment
+
+
+def ray_worker_pids(prefix: bytes) -> list[int]:
+    """PIDs of Ray worker processes whose title starts with ``prefix``.
+
+    Ray titles an actor's process ``ray::ClassName`` and ``ray::ClassName.method`` while a
+    task runs, so tests can find and kill a real actor process mid-job.
+    """
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "cmdline").read_bytes().startswith(prefix):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ray_worker_pids
 
 from jobs.cli import main
 
@@ -43,20 +44,6 @@ def _encode(corpus: Path, root: Path, ray_address: str, *extra: str) -> int:
             *extra,
         ]
     )
-
-
-def _encoder_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmdline.startswith(b"ray::EncoderWorker"):
-            pids.append(int(entry.name))
-    return pids
 
 
 def _wait_for(predicate, timeout: float = 120.0) -> None:
@@ -106,7 +93,7 @@ def test_killed_actor_is_replaced_and_output_matches(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     root = tmp_path / "killed-actor"
-    before = set(_encoder_pids())
+    before = set(ray_worker_pids(b"ray::EncoderWorker"))
     result: dict[str, int] = {}
     job = threading.Thread(
         target=lambda: result.setdefault(
@@ -114,8 +101,8 @@ def test_killed_actor_is_replaced_and_output_matches(
         )
     )
     job.start()
-    _wait_for(lambda: _recorded(root) >= 1 and set(_encoder_pids()) - before)
-    victim = sorted(set(_encoder_pids()) - before)[0]
+    _wait_for(lambda: _recorded(root) >= 1 and set(ray_worker_pids(b"ray::EncoderWorker")) - before)
+    victim = sorted(set(ray_worker_pids(b"ray::EncoderWorker")) - before)[0]
     os.kill(victim, signal.SIGKILL)
     job.join(timeout=300)
     assert result.get("rc") == 0

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ray_worker_pids
 
 from jobs.cli import main
 
@@ -170,18 +171,6 @@ def test_one_and_two_actors_give_identical_runs(
     assert runs[0] == runs[1]
 
 
-def _search_pids(prefix: bytes = b"ray::SearchWorker") -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(prefix):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
 def test_killed_search_actor_is_replaced_and_every_query_answered_once(
     indexed,
     scifact_subset: Path,
@@ -200,7 +189,7 @@ def test_killed_search_actor_is_replaced_and_every_query_answered_once(
         "--workers",
         "1",
     )
-    before = set(_search_pids())
+    before = set(ray_worker_pids(b"ray::SearchWorker"))
     out = tmp_path / "killed"
     result: dict[str, int] = {}
 
@@ -225,9 +214,9 @@ def test_killed_search_actor_is_replaced_and_every_query_answered_once(
     job.start()
     deadline = time.monotonic() + 120
     busy = b"ray::SearchWorker.search"  # Ray's process title while a batch runs
-    while not (set(_search_pids(busy)) - before) and time.monotonic() < deadline:
+    while not (set(ray_worker_pids(busy)) - before) and time.monotonic() < deadline:
         time.sleep(0.02)
-    victims = sorted(set(_search_pids(busy)) - before)
+    victims = sorted(set(ray_worker_pids(busy)) - before)
     assert victims, "no search actor appeared"
     os.kill(victims[0], signal.SIGKILL)
     job.join(timeout=300)
