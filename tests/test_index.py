@@ -716,9 +716,10 @@ def test_same_size_corruption_caught_by_sha256(damaged: Path, name: str) -> None
 
 
 def test_corruption_without_verify_never_crashes(damaged: Path, tmp_path: Path) -> None:
-    """With verify=False FAISS, numpy and pyarrow parse damaged files: each load must end
-    in an IndexLoadError or a working index - in a subprocess, so a segfault or abort
-    shows up as a signal instead of killing the test run."""
+    """With verify=False FAISS parses a damaged index file (the small mapping files are
+    checksummed anyway): each load must end in an IndexLoadError or a working index - in
+    a child process, so a segfault or abort shows up as a signal naming its variant
+    instead of killing the test run."""
     variants = []
     sizes = {name: (damaged / name).stat().st_size for name in (INDEX_FILE, OFFSETS, DOC_IDS)}
     spots = {
@@ -743,8 +744,12 @@ def test_corruption_without_verify_never_crashes(damaged: Path, tmp_path: Path) 
             folder = copy_index(damaged, tmp_path / f"v{len(variants)}")
             flip_bytes(folder / name, offset)
             variants.append(str(folder))
+    # One forked child per variant, so a crash names its variant; the parent reports each
+    # child's exit status. The parent leaves through os._exit: what is under test is
+    # loading damaged files, not the interpreter's teardown of torch and FAISS.
     script = textwrap.dedent(
         """
+        import os
         import sys
         import faiss
         import numpy as np
@@ -752,16 +757,25 @@ def test_corruption_without_verify_never_crashes(damaged: Path, tmp_path: Path) 
 
         q = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
         for folder in sys.argv[1:]:
-            try:
-                loaded = load_index(folder, verify=False)
-            except IndexLoadError as exc:
-                print("IndexLoadError", str(exc).split(":")[0], flush=True)
-                continue
-            ivf = faiss.try_extract_index_ivf(loaded.index)
-            if ivf is not None:
-                ivf.nprobe = ivf.nlist
-            loaded.index.search(q, 20)
-            print("loaded", folder, flush=True)
+            sys.stdout.flush()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    loaded = load_index(folder, verify=False)
+                except IndexLoadError as exc:
+                    print("IndexLoadError", str(exc).split(":")[0], flush=True)
+                    os._exit(0)
+                ivf = faiss.try_extract_index_ivf(loaded.index)
+                if ivf is not None:
+                    ivf.nprobe = ivf.nlist
+                loaded.index.search(q, 20)
+                print("loaded", folder, flush=True)
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            if status != 0:
+                print("CRASH", folder, os.waitstatus_to_exitcode(status), flush=True)
+        sys.stdout.flush()
+        os._exit(0)
         """
     )
     proc = subprocess.run(
@@ -771,9 +785,10 @@ def test_corruption_without_verify_never_crashes(damaged: Path, tmp_path: Path) 
         timeout=180,
         cwd=Path(__file__).resolve().parents[1],
     )
-    assert proc.returncode >= 0, f"killed by signal {-proc.returncode}: {proc.stderr[-2000:]}"
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
+    crashes = [line for line in lines if line.startswith("CRASH")]
+    assert not crashes, f"{crashes}\n{proc.stderr[-2000:]}"
     assert len(lines) == len(variants), proc.stdout
     # The header corruptions at least are detected (and blamed on the right file).
     errors = [line for line in lines if line.startswith("IndexLoadError")]
@@ -782,10 +797,37 @@ def test_corruption_without_verify_never_crashes(damaged: Path, tmp_path: Path) 
     assert any(line.endswith(DOC_IDS) for line in errors), lines
 
 
-def test_damaged_small_files_without_verify_are_load_errors(damaged: Path) -> None:
-    flip_bytes(damaged / OFFSETS, 0, 6)  # the .npy magic
-    with pytest.raises(IndexLoadError, match=r"doc_offsets\.npy: unreadable"):
+@pytest.mark.parametrize("name", [OFFSETS, DOC_IDS])
+def test_small_files_are_checksummed_even_without_verify(damaged: Path, name: str) -> None:
+    # A flipped Parquet footer once made pyarrow malloc 256 GiB and the kernel kill the
+    # process: verify=False must not hand a damaged mapping file to a parser.
+    path = damaged / name
+    flip_bytes(path, path.stat().st_size - 200)
+    with pytest.raises(IndexLoadError, match=rf"{name}: sha256 differs"):
         load_index(damaged, verify=False)
+
+
+def rehash(folder: Path, name: str) -> None:
+    """Make meta.json agree with a file that was changed on purpose."""
+    meta = read_meta(folder)
+    raw = (folder / name).read_bytes()
+    meta["files"][name] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    write_meta(folder, meta)
+
+
+def test_unparseable_small_files_are_load_errors(
+    damaged: Path, built: Callable[[str], Path]
+) -> None:
+    flip_bytes(damaged / OFFSETS, 0, 6)  # the .npy magic
+    rehash(damaged, OFFSETS)
+    with pytest.raises(IndexLoadError, match=r"doc_offsets\.npy: unreadable"):
+        load_index(damaged)
+    shutil.copy(built("ivfpq") / OFFSETS, damaged / OFFSETS)
+    rehash(damaged, OFFSETS)
+    (damaged / DOC_IDS).write_bytes(b"not parquet at all")
+    rehash(damaged, DOC_IDS)
+    with pytest.raises(IndexLoadError, match=r"doc_ids\.parquet: unreadable"):
+        load_index(damaged)
 
 
 def test_doc_ids_count_mismatch(damaged: Path, corpus: Corpus) -> None:

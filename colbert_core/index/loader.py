@@ -30,6 +30,11 @@ from .tokenstore import DOC_IDS, OFFSETS, TOKENS, open_tokens, read_doc_ids, rea
 logger = logging.getLogger(__name__)
 
 
+# Small files whose corruption can exhaust memory while parsing; hashing them costs
+# milliseconds even for millions of documents.
+_ALWAYS_VERIFIED = frozenset({OFFSETS, DOC_IDS})
+
+
 class IndexLoadError(ValueError):
     """An index folder is incomplete, damaged or does not match what it is used with."""
 
@@ -80,7 +85,10 @@ def load_index(
     path
         The folder ``colbert-batch index --out`` wrote.
     verify
-        Check every file's sha256 against ``meta.json`` (sizes are always checked).
+        Check the sha256 of the FAISS index and the token store against ``meta.json``.
+        Sizes are always checked, and so are the checksums of the two small mapping
+        files (offsets, document ids): a damaged Parquet footer can make pyarrow allocate
+        hundreds of GB, which no exception handler can catch once the kernel kills us.
     expected_fingerprint
         The query encoder's model fingerprint; a different one is an error.
     """
@@ -94,7 +102,7 @@ def load_index(
         entry = files.get(name)
         if entry is None:
             raise IndexLoadError(f"{folder / META}: no entry for {name}; rebuild the index")
-        _check_file(folder / name, entry, verify)
+        _check_file(folder / name, entry, verify or name in _ALWAYS_VERIFIED)
     if expected_fingerprint is not None and meta.get("model_fingerprint") != expected_fingerprint:
         raise IndexLoadError(
             f"{folder} was built from embeddings of model {meta.get('model_fingerprint')}, "
