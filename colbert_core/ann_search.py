@@ -24,14 +24,20 @@ import numpy as np
 
 from .index.loader import LoadedIndex
 from .index.tokenstore import token_to_doc
-from .maxsim import candidate_rows, maxsim_segments
+from .maxsim import CandidateScorer
 
 
 @dataclass(frozen=True)
 class SearchParams:
+    """Search settings; the defaults are the measured trade-off in bench/RESULTS.md.
+
+    ``nprobe``/``ef_search`` left as ``None`` are filled per index by
+    :func:`default_params`.
+    """
+
     k: int = 100
     k_prime: int = 64
-    max_candidates: int = 1024
+    max_candidates: int = 256
     nprobe: int | None = None
     ef_search: int | None = None
 
@@ -60,19 +66,36 @@ def configure(index: faiss.Index, params: SearchParams) -> None:
 
 
 def default_params(meta: dict, params: SearchParams) -> SearchParams:
-    """Fill unset nprobe / efSearch from the index type (documented defaults)."""
+    """Fill unset nprobe / efSearch from the index type (documented defaults).
+
+    IVF: ``nprobe = nlist / 512`` (at least 1): with ~40-300 tokens per list, the ``k'``
+    nearest tokens of a query token sit in its few nearest lists, and the exact MaxSim
+    stage absorbs the rest (on SciFact and MIRACL-de nDCG@10 is flat from nprobe 1 to
+    64 while the FAISS time grows 4x). HNSW: ``efSearch = max(64, 2 k')``.
+
+    >>> default_params({"type": "ivfpq", "params": {"nlist": 4096}}, SearchParams()).nprobe
+    8
+    """
     nprobe, ef = params.nprobe, params.ef_search
     if nprobe is None and meta.get("params", {}).get("nlist"):
-        nprobe = max(1, min(64, int(meta["params"]["nlist"]) // 64))
+        nprobe = max(1, int(meta["params"]["nlist"]) // 512)
     if ef is None and meta["type"] == "hnsw":
         ef = max(64, params.k_prime * 2)
     return SearchParams(params.k, params.k_prime, params.max_candidates, nprobe, ef)
 
 
 def search(
-    loaded: LoadedIndex, queries: Sequence[np.ndarray], params: SearchParams
+    loaded: LoadedIndex,
+    queries: Sequence[np.ndarray],
+    params: SearchParams,
+    scorer: CandidateScorer | None = None,
 ) -> list[QueryResult]:
-    """Search ``queries`` (each ``(n_tokens, dim)``) against ``loaded``."""
+    """Search ``queries`` (each ``(n_tokens, dim)``) against ``loaded``.
+
+    ``scorer`` carries reusable buffers for the exact stage; pass one to share it across
+    calls.
+    """
+    scorer = scorer or CandidateScorer()
     configure(loaded.index, params)
     lengths = [q.shape[0] for q in queries]
     if not queries:
@@ -89,7 +112,7 @@ def search(
         t1 = time.perf_counter()
         cand = candidates(docs[row : row + n], sims[row : row + n], params.max_candidates)
         row += n
-        scores = exact_scores(loaded, q, cand)
+        scores = exact_scores(loaded, q, cand, scorer)
         order = np.lexsort((cand, -scores))[: params.k]
         results.append(
             QueryResult(
@@ -127,7 +150,11 @@ def candidates(docs: np.ndarray, sims: np.ndarray, max_candidates: int) -> np.nd
     return np.sort(uniq[keep]).astype(np.int64)
 
 
-def exact_scores(loaded: LoadedIndex, query: np.ndarray, cand: np.ndarray) -> np.ndarray:
+def exact_scores(
+    loaded: LoadedIndex,
+    query: np.ndarray,
+    cand: np.ndarray,
+    scorer: CandidateScorer | None = None,
+) -> np.ndarray:
     """Exact MaxSim of one query against candidate documents (float16 store)."""
-    rows, lengths = candidate_rows(loaded.doc_offsets, cand)
-    return maxsim_segments(query, loaded.tokens[rows], lengths)
+    return (scorer or CandidateScorer()).score(query, loaded.tokens, loaded.doc_offsets, cand)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .maxsim import maxsim_flat
+from .maxsim import consecutive_groups, maxsim_flat
 from .store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def exact_search(
     # Query groups keep the (query tokens x block tokens) matrix within budget even for
     # very large query sets; each group holds whole queries.
     group_rows = max(1, memory_budget_bytes // (4 * 2 * 8192))
-    groups = _query_groups(q_lengths.tolist(), group_rows)
+    groups = consecutive_groups(q_lengths.tolist(), group_rows)
     # Always k columns: where fewer than k documents exist the tail stays (-inf, -1), so
     # the result's shape does not depend on the corpus size or the memory budget.
     best_s = np.full((n_q, k), -np.inf, dtype=np.float32)
@@ -131,16 +131,3 @@ def exact_search(
         if progress is not None:
             progress(shard.n_docs)
     return SearchResult(doc_index=best_i, scores=best_s, doc_ids=doc_ids)
-
-
-def _query_groups(lengths: list[int], max_rows: int) -> list[tuple[int, int]]:
-    groups: list[tuple[int, int]] = []
-    start, rows = 0, 0
-    for i, n in enumerate(lengths):
-        if rows and rows + n > max_rows:
-            groups.append((start, i))
-            start, rows = i, 0
-        rows += n
-    if start < len(lengths):
-        groups.append((start, len(lengths)))
-    return groups

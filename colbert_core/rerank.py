@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .index.loader import LoadedIndex
-from .maxsim import candidate_rows, maxsim_segments
+from .maxsim import CandidateScorer
 from .store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def rerank_index(
     Returns the reranked lists and the candidate ids absent from the index.
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    scorer = CandidateScorer(device=device)
     position = {d: i for i, d in enumerate(loaded.doc_ids)}
     unknown: set[str] = set()
     out: dict[str, list[tuple[str, float]]] = {}
@@ -39,8 +40,7 @@ def rerank_index(
             continue
         cand = np.array(sorted({position[d] for d in docs if d in position}), dtype=np.int64)
         unknown.update(d for d in docs if d not in position)
-        rows, lengths = candidate_rows(loaded.doc_offsets, cand)
-        scores = maxsim_segments(query_vectors[qid], loaded.tokens[rows], lengths, device)
+        scores = scorer.score(query_vectors[qid], loaded.tokens, loaded.doc_offsets, cand)
         order = np.lexsort((cand, -scores))
         out[qid] = [(loaded.doc_ids[cand[j]], float(scores[j])) for j in order]
     return out, sorted(unknown)
@@ -55,6 +55,7 @@ def rerank_store(
 ) -> tuple[dict[str, list[tuple[str, float]]], list[str]]:
     """Rerank ``run`` reading the encode shards once, one shard at a time."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    scorer = CandidateScorer(device=device)
     wanted: dict[str, set[str]] = {q: set(d) for q, d in run.items() if q in query_vectors}
     needed = set().union(*wanted.values()) if wanted else set()
     found: set[str] = set()
@@ -68,8 +69,7 @@ def rerank_store(
             idx = np.array(sorted(local[d] for d in docs if d in local), dtype=np.int64)
             if idx.size == 0:
                 continue
-            rows, lengths = candidate_rows(shard.offsets, idx)
-            scores = maxsim_segments(query_vectors[qid], shard.tokens[rows], lengths, device)
+            scores = scorer.score(query_vectors[qid], shard.tokens, shard.offsets, idx)
             scored[qid] += [
                 (int(shard.doc_index[i]), shard.doc_ids[i], float(s))
                 for i, s in zip(idx, scores, strict=True)

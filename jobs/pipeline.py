@@ -12,7 +12,7 @@ Example config (every key but ``dataset``/``corpus``+``queries`` is optional)::
     out: out/demo
     encode: {shard_size: 10000, doc_maxlen: 256}
     index: {type: ivfpq}
-    search: {k: 100, k_prime: 32, max_candidates: 256}
+    search: {k: 100, k_prime: 64, max_candidates: 256}
 """
 
 from __future__ import annotations

@@ -85,6 +85,14 @@ def run_rerank(args: argparse.Namespace) -> int:
             strict=True,
         )
     )
+    lost = encoder.overflow([q.text for q in in_run], is_query=True)
+    truncated = {q.query_id: n for q, n in zip(in_run, lost, strict=True) if n}
+    if truncated:
+        logger.warning(
+            "%d queries are longer than query_maxlen and were truncated (e.g. %s)",
+            len(truncated),
+            list(truncated)[:5],
+        )
     if args.index:
         ranked, unknown = rerank_index(loaded, vectors, given)
     else:
@@ -112,6 +120,7 @@ def run_rerank(args: argparse.Namespace) -> int:
             "qps": round(len(in_run) / max(seconds, 1e-9), 2),
         },
         "queries_without_run": without,
+        "truncated_queries": truncated,
         "unknown_documents": len(unknown),
     }
     finish_run(

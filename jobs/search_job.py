@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from colbert_core import load_encoder
+from colbert_core.ann_search import SearchParams
 from colbert_core.data import OnBadRecord, RejectLog, load_qrels, load_queries
 from colbert_core.encoder import EncoderSettings
 from colbert_core.evaluation import evaluate, format_table, parse_measures, write_evaluation
@@ -33,16 +34,16 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--k-prime",
         type=int,
-        default=32,
+        default=SearchParams.k_prime,
         help="tokens retrieved per query token (candidate generation)",
     )
     p.add_argument(
         "--max-candidates",
         type=int,
-        default=256,
+        default=SearchParams.max_candidates,
         help="documents kept for exact MaxSim per query (rule in docs)",
     )
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default nlist/64)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default nlist/512)")
     p.add_argument("--ef-search", type=int, default=None, help="HNSW efSearch")
     p.add_argument(
         "--workers",
@@ -144,6 +145,8 @@ def run_search(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         q_vectors = encoder.encode_queries([q.text for q in queries])
         timings["query_encoding_s"] = time.perf_counter() - t0
+        lost = encoder.overflow([q.text for q in queries], is_query=True)
+        truncated = {q.query_id: n for q, n in zip(queries, lost, strict=True) if n}
         t0 = time.perf_counter()
         with progress_bar(store.n_docs, "search") as bar:
             result = exact_search(
@@ -166,7 +169,6 @@ def run_search(args: argparse.Namespace) -> int:
         tag = "colbert-exact"
         encoder_description = encoder.describe()
     else:
-        from colbert_core.ann_search import SearchParams
         from colbert_core.index import load_index
 
         from . import ray_runtime
@@ -195,6 +197,11 @@ def run_search(args: argparse.Namespace) -> int:
         if missing:
             raise RuntimeError(f"{len(missing)} queries were not answered, e.g. {missing[:5]}")
         ranked = {q.query_id: rows[q.query_id]["ranked"] for q in queries}
+        truncated = {
+            q.query_id: rows[q.query_id]["truncated_tokens"]
+            for q in queries
+            if rows[q.query_id]["truncated_tokens"]
+        }
         for key in ("query_encoding_s", "ann_s", "maxsim_s"):
             timings[key] = sum(r["timings"][key] for r in rows.values())
         lat = np.array([sum(r["timings"].values()) for r in rows.values()]) * 1000
@@ -226,7 +233,16 @@ def run_search(args: argparse.Namespace) -> int:
         "timings": {k: round(v, 3) for k, v in timings.items()}
         | {"wall_s": round(wall, 3), "qps": round(len(queries) / max(wall, 1e-9), 2)},
         "empty_queries": empty,
+        # Query id -> tokens cut off at query_maxlen (the query was searched truncated).
+        "truncated_queries": truncated,
     }
+    if truncated:
+        logger.warning(
+            "%d queries are longer than query_maxlen and were truncated (e.g. %s); "
+            "metrics.json lists them with the tokens each lost",
+            len(truncated),
+            list(truncated)[:5],
+        )
     finish_run(
         Path(args.out),
         ranked,

@@ -32,6 +32,7 @@ class SearchWorker:
         from colbert_core.ann_search import default_params
         from colbert_core.encoder import EncoderSettings
         from colbert_core.index import load_index
+        from colbert_core.maxsim import CandidateScorer
 
         from ._console import quiet_third_party
 
@@ -47,6 +48,7 @@ class SearchWorker:
             doc_maxlen=settings.doc_maxlen,
         )
         self.params = default_params(self.loaded.meta, params)
+        self.scorer = CandidateScorer()  # buffers reused by every batch of this actor
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -64,9 +66,11 @@ class SearchWorker:
         t0 = time.perf_counter()
         vecs = self.encoder.encode_queries(list(batch.texts))
         enc_each = (time.perf_counter() - t0) / max(1, len(batch.texts))
+        overflow = self.encoder.overflow(list(batch.texts), is_query=True)
         out = []
         ids = self.loaded.doc_ids
-        for qid, r in zip(batch.query_ids, search(self.loaded, vecs, self.params), strict=True):
+        results = search(self.loaded, vecs, self.params, self.scorer)
+        for qid, r, lost in zip(batch.query_ids, results, overflow, strict=True):
             out.append(
                 {
                     "query_id": qid,
@@ -74,6 +78,7 @@ class SearchWorker:
                         (ids[d], float(s)) for d, s in zip(r.doc_index, r.scores, strict=True)
                     ],
                     "candidates": [ids[d] for d in r.candidates],
+                    "truncated_tokens": lost,
                     "timings": {"query_encoding_s": enc_each, **r.timings},
                 }
             )

@@ -231,3 +231,17 @@ def test_unknown_dtype_is_refused() -> None:
 
     with pytest.raises(ValueError, match="dtype must be auto, fp32, bf16 or fp16"):
         load_encoder("minilm", dtype="int4")
+
+
+def test_overflow_counts_tokens_lost_to_truncation(encoder: ColBERTEncoder) -> None:
+    short = load_encoder("minilm", device="cpu", query_maxlen=6, doc_maxlen=9)
+    texts = [*QUERIES, *DOCS]
+    for is_query, maxlen in ((True, 6), (False, 9)):
+        full = [len(ids) for ids in encoder.tokenize(texts, is_query=is_query)]
+        kept = [len(ids) for ids in short.tokenize(texts, is_query=is_query)]
+        lost = short.overflow(texts, is_query=is_query)
+        assert [k + n for k, n in zip(kept, lost, strict=True)] == full
+        assert all((n > 0) == (f > maxlen) for n, f in zip(lost, full, strict=True))
+        assert any(lost) and not all(lost)
+    assert encoder.overflow(QUERIES, is_query=True) == [0] * len(QUERIES)
+    assert encoder.overflow([], is_query=True) == []

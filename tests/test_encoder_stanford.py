@@ -490,3 +490,13 @@ def test_invalid_metadata_json_raises(tmp_path: Path) -> None:
     (ckpt.path / "artifact.metadata").write_text('{"dim": 8,', encoding="utf-8")
     with pytest.raises(CheckpointError, match=r"artifact\.metadata.*invalid JSON"):
         load_encoder(ckpt.path, device="cpu")
+
+
+def test_overflow_counts_the_marker(tiny: TinyCheckpoint, encoder: ColBERTEncoder) -> None:
+    """[CLS] [Q] ... [SEP]: the marker takes one of query_maxlen's positions."""
+    short = load_encoder(tiny.path, device="cpu", query_maxlen=6, doc_maxlen=5)
+    texts = ["hello late interaction munich capital germany", "a", ""]
+    words = [len(tiny.tokenizer.tokenize(t)) for t in texts]
+    assert short.overflow(texts, is_query=True) == [max(0, w + 3 - 6) for w in words]
+    assert short.overflow(texts, is_query=False) == [max(0, w + 3 - 5) for w in words]
+    assert encoder.overflow(texts, is_query=True) == [0, 0, 0]

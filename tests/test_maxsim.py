@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from colbert_core.maxsim import maxsim_flat, maxsim_padded, maxsim_reference
+from colbert_core.maxsim import CandidateScorer, maxsim_flat, maxsim_padded, maxsim_reference
 
 ATOL = 1e-4
 # Values at masked-out positions: large, so a masking bug cannot hide inside the tolerance.
@@ -155,3 +155,57 @@ def test_reference_is_float64_and_handles_empty_document() -> None:
     # float16 inputs are widened before the product: 300 * 300 overflows float16 (max 65504).
     big = np.array([[300.0, 0.0]], dtype=np.float16)
     assert maxsim_reference(big, big) == 90000.0
+
+
+# ------------------------------------------------------------ candidate scorer (token store)
+
+
+def _store(rng: np.random.Generator, lengths: list[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = rng.standard_normal((int(offsets[-1]), dim)).astype(np.float16)
+    return tokens, offsets
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 40), min_size=1, max_size=30),
+    block=st.integers(1, 64),
+    seed=st.integers(0, 2**16),
+)
+def test_candidate_scorer_matches_reference(lengths: list[int], block: int, seed: int) -> None:
+    """Any block size (documents split across blocks, longer than a block, empty), any
+    candidate subset in any order: the float64 reference, candidate by candidate."""
+    rng = np.random.default_rng(seed)
+    tokens, offsets = _store(rng, lengths, 8)
+    cand = rng.permutation(len(lengths))[: rng.integers(1, len(lengths) + 1)]
+    query = rng.standard_normal((5, 8)).astype(np.float32)
+    scorer = CandidateScorer(block_tokens=block)
+    got = scorer.score(query, tokens, offsets, cand)
+    want = [maxsim_reference(query, tokens[offsets[d] : offsets[d + 1]]) for d in cand]
+    np.testing.assert_allclose(got, want, atol=ATOL)
+    # Reused buffers: a second, different call is not polluted by the first.
+    other = cand[::-1]
+    np.testing.assert_allclose(scorer.score(query, tokens, offsets, other), want[::-1], atol=ATOL)
+
+
+def test_candidate_scorer_reads_a_read_only_memmap(tmp_path) -> None:
+    rng = np.random.default_rng(7)
+    tokens, offsets = _store(rng, [30, 0, 5000, 12], 16)
+    path = tmp_path / "tokens.f16"
+    tokens.tofile(path)
+    store = np.memmap(path, dtype=np.float16, mode="r").reshape(-1, 16)
+    query = rng.standard_normal((3, 16)).astype(np.float32)
+    got = CandidateScorer(block_tokens=1024).score(query, store, offsets, np.array([3, 2, 1, 0]))
+    want = [maxsim_reference(query, tokens[offsets[d] : offsets[d + 1]]) for d in (3, 2, 1, 0)]
+    np.testing.assert_allclose(got, want, atol=ATOL)
+    assert got[2] == 0.0  # the empty document
+    assert not store.flags.writeable
+
+
+def test_candidate_scorer_no_candidates_and_bad_block() -> None:
+    tokens, offsets = _store(np.random.default_rng(0), [3], 4)
+    out = CandidateScorer().score(np.ones((2, 4)), tokens, offsets, np.array([], dtype=np.int64))
+    assert out.shape == (0,) and out.dtype == np.float32
+    with pytest.raises(ValueError, match="block_tokens must be positive"):
+        CandidateScorer(block_tokens=0)

@@ -147,7 +147,7 @@ def test_ivfpq_search_reports_quality_latency_and_parameters(
     assert 0 < m["candidate_recall"] <= 1
     assert m["latency_ms"]["p50"] <= m["latency_ms"]["p95"] <= m["latency_ms"]["p99"]
     p = m["params"]
-    assert p["k_prime"] == 32 and p["max_candidates"] == 256 and p["nprobe"] >= 1
+    assert p["k_prime"] == 64 and p["max_candidates"] == 256 and p["nprobe"] >= 1
     assert p["workers"] == 2
     assert {"query_encoding_s", "ann_s", "maxsim_s", "qps"} <= set(m["timings"])
 
@@ -231,3 +231,30 @@ def test_search_needs_exactly_one_mode(
 ) -> None:
     assert main(["search", "--queries", str(scifact_subset), "--out", str(tmp_path)]) == 2
     assert "either --exact --embeddings ROOT or --index IDX" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["exact", "index"])
+def test_empty_and_overlong_queries_are_reported(
+    indexed, ray_address: str, tmp_path: Path, mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    queries = tmp_path / "queries.jsonl"
+    long_text = " ".join(["cholesterol"] + ["protein"] * 100)
+    rows = [
+        {"_id": "q-ok", "text": "vitamin D deficiency"},
+        {"_id": "q-empty", "text": "   "},
+        {"_id": "q-long", "text": long_text},
+    ]
+    queries.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    where = ["--exact", "--embeddings", str(indexed["emb"])]
+    if mode == "index":
+        where = ["--index", str(indexed["flat"]), "--workers", "1"]
+    m = _search(indexed, queries, tmp_path / "run", ray_address, *where)
+    assert m["empty_queries"] == ["q-empty"]
+    # MiniLM: query_maxlen 64; cho ##les ##terol + 100 x protein + [CLS] [SEP] = 105.
+    assert m["truncated_queries"] == {"q-long": 41}
+    assert "1 queries are longer than query_maxlen" in capsys.readouterr().err
+    # Both are still answered (an empty query has only [CLS]/[SEP] vectors).
+    answered = {
+        line.split()[0] for line in (tmp_path / "run" / "run.trec").read_text().splitlines()
+    }
+    assert answered == {"q-ok", "q-empty", "q-long"}

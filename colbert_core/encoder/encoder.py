@@ -150,6 +150,22 @@ class ColBERTEncoder:
             ids = [[row[0], marker, *row[1:]] for row in ids]
         return ids
 
+    def overflow(self, texts: Sequence[str], *, is_query: bool) -> list[int]:
+        """Tokens each text loses to truncation at query_maxlen / doc_maxlen (0: none).
+
+        Special tokens and the marker count toward the limit, as in :meth:`tokenize`.
+        """
+        s = self.settings
+        maxlen = s.query_maxlen if is_query else s.doc_maxlen
+        marker = self._query_marker_id if is_query else self._doc_marker_id
+        fixed = self.tokenizer.num_special_tokens_to_add(pair=False) + (marker is not None)
+        texts = list(texts)
+        if not texts:
+            return []
+        # verbose=False: no "longer than the model's maximum" warning, we report it.
+        ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        return [max(0, len(row) + fixed - maxlen) for row in ids]
+
     def _encode(
         self,
         texts: Sequence[str],
