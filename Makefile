@@ -64,7 +64,9 @@ bench: demo
 	$(BIN)/python bench/index_build.py --embeddings $(DEMO_OUT)/embeddings \
 		--types flat,ivfpq,hnsw --work-dir out/bench/scifact
 	$(BIN)/python bench/search_compare.py --embeddings $(DEMO_OUT)/embeddings \
-		--indexes out/bench/scifact/idx-embeddings-ivfpq,out/bench/scifact/idx-embeddings-hnsw
+		--indexes out/bench/scifact/idx-embeddings-ivfpq,out/bench/scifact/idx-embeddings-hnsw \
+		--max-candidates 256,128 $(if $(wildcard bench/.venv-fastplaid/bin/python),\
+		--fastplaid-index out/bench/fastplaid-scifact --fastplaid-build)
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache
