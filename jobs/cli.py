@@ -19,27 +19,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("encode", help="encode a corpus into token-embedding shards")
-    encode_job.add_arguments(p)
-    p.set_defaults(func=encode_job.run)
-    p = sub.add_parser("index", help="build a FAISS index over the token embeddings")
-    index_job.add_arguments(p)
-    p.set_defaults(func=index_job.run)
-    p = sub.add_parser("search", help="search encoded documents and evaluate the run")
-    search_job.add_search_arguments(p)
-    p.set_defaults(func=search_job.run_search)
-    p = sub.add_parser("rerank", help="exact MaxSim reranking of a given run (e.g. BM25)")
-    rerank_job.add_rerank_arguments(p)
-    p.set_defaults(func=rerank_job.run_rerank)
-    p = sub.add_parser("bm25", help="BM25 baseline run (bm25s, stemmed, stopworded)")
-    rerank_job.add_bm25_arguments(p)
-    p.set_defaults(func=rerank_job.run_bm25)
-    p = sub.add_parser("pipeline", help="encode -> index -> search -> evaluate from a YAML")
-    pipeline.add_arguments(p)
-    p.set_defaults(func=pipeline.run)
-    p = sub.add_parser("evaluate", help="evaluate any TREC run against qrels")
-    search_job.add_evaluate_arguments(p)
-    p.set_defaults(func=search_job.run_evaluate)
+    commands = [
+        ("encode", "encode a corpus into token-embedding shards",
+         encode_job.add_arguments, encode_job.run),
+        ("index", "build a FAISS index over the token embeddings",
+         index_job.add_arguments, index_job.run),
+        ("search", "search encoded documents and evaluate the run",
+         search_job.add_search_arguments, search_job.run_search),
+        ("rerank", "exact MaxSim reranking of a given run (e.g. BM25)",
+         rerank_job.add_rerank_arguments, rerank_job.run_rerank),
+        ("bm25", "BM25 baseline run (bm25s, stemmed, stopworded)",
+         rerank_job.add_bm25_arguments, rerank_job.run_bm25),
+        ("pipeline", "encode -> index -> search -> evaluate from a YAML",
+         pipeline.add_arguments, pipeline.run),
+        ("evaluate", "evaluate any TREC run against qrels",
+         search_job.add_evaluate_arguments, search_job.run_evaluate),
+    ]  # fmt: skip
+    for name, help_text, add_arguments, run in commands:
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(func=run)
     return parser
 
 

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -325,3 +325,57 @@ def ray_worker_pids(prefix: bytes) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def encode_argv(
+    corpus: Path | str,
+    out: Path | str,
+    *,
+    shard_size: int | str,
+    doc_maxlen: int,
+    ray_address: str | None = None,
+    workers: int | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """``colbert-batch encode`` arguments as the tests run it: small shards, short docs."""
+    argv = ["encode", "--corpus", str(corpus), "--out", str(out)]
+    argv += ["--shard-size", str(shard_size), "--doc-maxlen", str(doc_maxlen)]
+    if ray_address is not None:
+        argv += ["--ray-address", ray_address]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    return [*argv, *extra]
+
+
+def write_test_manifest(
+    root: Path,
+    infos: Sequence[Any],
+    *,
+    dim: int,
+    fingerprint: str,
+    complete: bool = True,
+    config: dict[str, Any] | None = None,
+    model_path: str = "none",
+) -> dict[str, Any]:
+    """A manifest shaped like the encode job's for hand-written shards (``ShardInfo`` list)."""
+    from colbert_core.store import shard_to_json, write_manifest
+
+    manifest = {
+        "format_version": 1,
+        "complete": complete,
+        "updated": "2024-01-01T00:00:00+00:00",
+        "config": config or {},
+        "encoder": {"model_path": model_path, "fingerprint": fingerprint, "settings": {"dim": dim}},
+        "dim": dim,
+        "dtype": "float16",
+        "shards": [shard_to_json(i) for i in infos],
+        "rejects": 0,
+        "totals": {
+            "docs": sum(i.n_docs for i in infos),
+            "tokens": sum(i.n_tokens for i in infos),
+            "shards": len(infos),
+        },
+        "summary": {},
+    }
+    write_manifest(root, manifest)
+    return manifest

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import encode_argv
 
 from colbert_core.shards import read_shard
 from jobs.cli import main
@@ -21,19 +22,7 @@ def _sha(path: Path) -> str:
 @pytest.fixture(scope="module")
 def encoded(scifact_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("enc") / "root"
-    rc = main(
-        [
-            "encode",
-            "--corpus",
-            str(scifact_subset),
-            "--out",
-            str(root),
-            "--shard-size",
-            "64",
-            "--doc-maxlen",
-            "128",
-        ]
-    )
+    rc = main(encode_argv(scifact_subset, root, shard_size=64, doc_maxlen=128))
     assert rc == 0
     return root
 
@@ -72,19 +61,7 @@ def test_encode_writes_complete_manifest(encoded: Path, scifact_subset: Path) ->
 
 def test_rerun_skips_complete_shards(encoded: Path, scifact_subset: Path) -> None:
     before = {p.name: (p.stat().st_mtime_ns, _sha(p)) for p in (encoded / "embeddings").iterdir()}
-    rc = main(
-        [
-            "encode",
-            "--corpus",
-            str(scifact_subset),
-            "--out",
-            str(encoded),
-            "--shard-size",
-            "64",
-            "--doc-maxlen",
-            "128",
-        ]
-    )
+    rc = main(encode_argv(scifact_subset, encoded, shard_size=64, doc_maxlen=128))
     assert rc == 0
     after = {p.name: (p.stat().st_mtime_ns, _sha(p)) for p in (encoded / "embeddings").iterdir()}
     assert before == after
@@ -105,19 +82,7 @@ def test_lost_shard_is_reencoded_identically(
     lost = copy / "embeddings" / "shard-00001.parquet"
     original = _sha(lost)
     lost.unlink()
-    rc = main(
-        [
-            "encode",
-            "--corpus",
-            str(scifact_subset),
-            "--out",
-            str(copy),
-            "--shard-size",
-            "64",
-            "--doc-maxlen",
-            "128",
-        ]
-    )
+    rc = main(encode_argv(scifact_subset, copy, shard_size=64, doc_maxlen=128))
     assert rc == 0
     assert _sha(lost) == original
     summary = json.loads((copy / "manifest.json").read_text())["summary"]
@@ -128,23 +93,13 @@ def test_different_config_is_refused_unless_overwrite(
     encoded: Path, scifact_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = tmp_path / "root"
-    args = [
-        "encode",
-        "--corpus",
-        str(scifact_subset),
-        "--out",
-        str(root),
-        "--shard-size",
-        "500",
-        "--doc-maxlen",
-        "16",
-    ]
-    assert main(args) == 0
+    assert main(encode_argv(scifact_subset, root, shard_size=500, doc_maxlen=16)) == 0
     capsys.readouterr()
-    assert main([*args[:-1], "24"]) == 2
+    assert main(encode_argv(scifact_subset, root, shard_size=500, doc_maxlen=24)) == 2
     err = capsys.readouterr().err
     assert "--overwrite" in err and "different model or encoder settings" in err
-    assert main([*args[:-1], "24", "--overwrite"]) == 0
+    again = encode_argv(scifact_subset, root, shard_size=500, doc_maxlen=24, extra=["--overwrite"])
+    assert main(again) == 0
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["encoder"]["settings"]["doc_maxlen"] == 24
 

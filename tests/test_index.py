@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_test_manifest
 
 import colbert_core.index.build as build_module
 import colbert_core.index.spec as spec_module
@@ -43,7 +44,7 @@ from colbert_core.index.build import add_shards_to_copy
 from colbert_core.index.spec import MAX_TRAIN, MIN_POINTS_PER_CENTROID
 from colbert_core.index.tokenstore import DOC_IDS, OFFSETS, TOKENS
 from colbert_core.shards import ShardInfo, build_shard, write_shard
-from colbert_core.store import MANIFEST, write_manifest
+from colbert_core.store import MANIFEST
 from jobs.index_job import ray_parallel_add
 
 DIM = 32
@@ -109,28 +110,7 @@ def make_clustered_root(
         all_lengths.extend(int(n) for n in lengths)
         all_ids.extend(ids)
         first += n_docs
-    manifest = {
-        "format_version": 1,
-        "complete": True,
-        "updated": "2024-01-01T00:00:00+00:00",
-        "config": {},
-        "encoder": {
-            "model_path": "synthetic",
-            "fingerprint": FINGERPRINT,
-            "settings": {"dim": DIM},
-        },
-        "dim": DIM,
-        "dtype": "float16",
-        "shards": [asdict(i) for i in infos],
-        "rejects": 0,
-        "totals": {
-            "docs": sum(i.n_docs for i in infos),
-            "tokens": sum(i.n_tokens for i in infos),
-            "shards": len(infos),
-        },
-        "summary": {},
-    }
-    write_manifest(root, manifest)
+    write_test_manifest(root, infos, dim=DIM, fingerprint=FINGERPRINT, model_path="synthetic")
     return Corpus(
         root=root,
         tokens=np.concatenate(all_tokens),

@@ -11,6 +11,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from conftest import encode_argv
 
 from colbert_core.index import INDEX_FILE, META, load_index, token_to_doc
 from colbert_core.index.tokenstore import DOC_IDS, OFFSETS, TOKENS
@@ -42,22 +43,11 @@ def _search(folder: Path, queries: np.ndarray, k: int = 20, nprobe: int = 8):
 @pytest.fixture(scope="module")
 def encoded(scifact_subset: Path, ray_address: str, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("index-cli") / "root"
+    # One worker, one model load: the encode job itself is tested in test_ray_encode.py.
     rc = main(
-        [
-            "encode",
-            "--corpus",
-            str(scifact_subset),
-            "--out",
-            str(root),
-            "--shard-size",
-            "50",
-            "--doc-maxlen",
-            "64",
-            "--ray-address",
-            ray_address,
-            "--workers",
-            "1",  # one model load: the encode job itself is tested in test_ray_encode.py
-        ]
+        encode_argv(
+            scifact_subset, root, shard_size=50, doc_maxlen=64, ray_address=ray_address, workers=1
+        )
     )
     assert rc == 0
     return root

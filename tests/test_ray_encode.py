@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ray_worker_pids
+from conftest import encode_argv, ray_worker_pids
 
 from jobs.cli import main
 
@@ -29,20 +29,9 @@ def _shas(root: Path) -> dict[str, str]:
 
 def _encode(corpus: Path, root: Path, ray_address: str, *extra: str) -> int:
     return main(
-        [
-            "encode",
-            "--corpus",
-            str(corpus),
-            "--out",
-            str(root),
-            "--shard-size",
-            SHARD,
-            "--doc-maxlen",
-            "64",
-            "--ray-address",
-            ray_address,
-            *extra,
-        ]
+        encode_argv(
+            corpus, root, shard_size=SHARD, doc_maxlen=64, ray_address=ray_address, extra=extra
+        )
     )
 
 
@@ -118,19 +107,14 @@ def test_killed_driver_leaves_no_partial_shard_and_resumes(
         sys.executable,
         "-m",
         "jobs.cli",
-        "encode",
-        "--corpus",
-        str(scifact_subset),
-        "--out",
-        str(root),
-        "--shard-size",
-        SHARD,
-        "--doc-maxlen",
-        "64",
-        "--ray-address",
-        ray_address,
-        "--workers",
-        "1",
+        *encode_argv(
+            scifact_subset,
+            root,
+            shard_size=SHARD,
+            doc_maxlen=64,
+            ray_address=ray_address,
+            workers=1,
+        ),
     ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

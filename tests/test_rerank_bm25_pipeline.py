@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import encode_argv
 
 from jobs.cli import main
 
@@ -55,26 +56,10 @@ def test_rerank_from_index_and_from_shards_agree_with_exact_maxsim(
     bm25_run: Path, scifact_subset: Path, ray_address: str, tmp_path: Path
 ) -> None:
     emb, idx = tmp_path / "emb", tmp_path / "idx"
-    assert (
-        main(
-            [
-                "encode",
-                "--corpus",
-                str(scifact_subset),
-                "--out",
-                str(emb),
-                "--shard-size",
-                "64",
-                "--doc-maxlen",
-                "64",
-                "--ray-address",
-                ray_address,
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
+    argv = encode_argv(
+        scifact_subset, emb, shard_size=64, doc_maxlen=64, ray_address=ray_address, workers=1
     )
+    assert main(argv) == 0
     assert main(["index", "--embeddings", str(emb), "--out", str(idx), "--type", "flat"]) == 0
     runs = {}
     for src in (["--index", str(idx)], ["--embeddings", str(emb)]):

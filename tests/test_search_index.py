@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ray_worker_pids
+from conftest import encode_argv, ray_worker_pids
 
 from jobs.cli import main
 
@@ -19,26 +19,10 @@ from jobs.cli import main
 def indexed(scifact_subset: Path, ray_address: str, tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("search-index")
     root = base / "emb"
-    assert (
-        main(
-            [
-                "encode",
-                "--corpus",
-                str(scifact_subset),
-                "--out",
-                str(root),
-                "--shard-size",
-                "64",
-                "--doc-maxlen",
-                "128",
-                "--ray-address",
-                ray_address,
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
+    argv = encode_argv(
+        scifact_subset, root, shard_size=64, doc_maxlen=128, ray_address=ray_address, workers=1
     )
+    assert main(argv) == 0
     out = {"emb": root}
     for kind, extra in (("flat", []), ("ivfpq", ["--nlist", "64"])):
         out[kind] = base / kind

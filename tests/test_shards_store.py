@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow
 import pyarrow.parquet
 import pytest
+from conftest import write_test_manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +36,6 @@ from colbert_core.store import (
     EmbeddingStore,
     ManifestError,
     load_manifest,
-    shard_to_json,
     write_manifest,
 )
 
@@ -76,25 +76,14 @@ def make_root(
         n_tokens = sum(v.shape[0] for v in vectors)
         infos.append(write_shard(root, shard_id, first, data, len(vectors), n_tokens))
         first += len(vectors)
-    manifest = {
-        "format_version": 1,
-        "complete": complete,
-        "updated": "2024-01-01T00:00:00+00:00",
-        "config": {"corpus": "hand-made", "model": "none", "shard_size": 0, "batch_size": 1},
-        "encoder": {"model_path": "none", "fingerprint": fingerprint, "settings": {"dim": dim}},
-        "dim": dim,
-        "dtype": "float16",
-        "shards": [shard_to_json(i) for i in infos],
-        "rejects": 0,
-        "totals": {
-            "docs": sum(i.n_docs for i in infos),
-            "tokens": sum(i.n_tokens for i in infos),
-            "shards": len(infos),
-        },
-        "summary": {},
-    }
-    write_manifest(root, manifest)
-    return manifest
+    return write_test_manifest(
+        root,
+        infos,
+        dim=dim,
+        fingerprint=fingerprint,
+        complete=complete,
+        config={"corpus": "hand-made", "model": "none", "shard_size": 0, "batch_size": 1},
+    )
 
 
 def current_umask() -> int:
