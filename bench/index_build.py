@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from colbert_core.shards import build_shard, write_shard
-from colbert_core.store import write_manifest
+from colbert_core.embeddings import Manifest, build_shard, write_shard
 
 DOCS_PER_SHARD = 20_000
 TOKENS_PER_DOC = 100
@@ -51,21 +50,9 @@ def synthetic_root(root: Path, n_tokens: int, dim: int, seed: int = 0) -> Path:
         )
         shards.append(write_shard(root, len(shards), first, data, n, n * TOKENS_PER_DOC))
         first += n
-    from dataclasses import asdict
-
-    write_manifest(
-        root,
-        {
-            "format_version": 1,
-            "complete": True,
-            "dim": dim,
-            "dtype": "float16",
-            "config": {"synthetic": True, "seed": seed},
-            "encoder": {"fingerprint": "synthetic", "settings": {"dim": dim}},
-            "shards": [asdict(s) for s in shards],
-            "totals": {"docs": n_docs, "tokens": n_docs * TOKENS_PER_DOC, "shards": len(shards)},
-        },
-    )
+    Manifest.for_shards(
+        shards, dim=dim, fingerprint="synthetic", config={"synthetic": True, "seed": seed}
+    ).save(str(root))
     return root
 
 

@@ -27,16 +27,19 @@ from pathlib import Path
 import numpy as np
 from ir_measures import ScoredDoc
 
-from colbert_core import load_encoder
-from colbert_core.ann_search import SearchParams, default_params, search
 from colbert_core.data import load_qrels, load_queries
-from colbert_core.encoder import EncoderSettings
-from colbert_core.evaluation import evaluate
-from colbert_core.exact import exact_search
+from colbert_core.embeddings import Embeddings
+from colbert_core.evaluation import evaluate, read_trec_run
 from colbert_core.index import load_index
-from colbert_core.maxsim import CandidateScorer
-from colbert_core.runs import read_trec_run
-from colbert_core.store import EmbeddingStore
+from colbert_core.search import (
+    CandidateScorer,
+    SearchParams,
+    default_params,
+    encode_queries,
+    exact_search,
+    load_query_encoder,
+    search,
+)
 
 
 def main() -> None:
@@ -60,18 +63,12 @@ def main() -> None:
     p.add_argument("--fastplaid-build", action="store_true", help="(re)build its index first")
     args = p.parse_args()
 
-    store = EmbeddingStore(args.embeddings)
-    settings = EncoderSettings.from_dict(store.encoder["settings"])
-    encoder = load_encoder(
-        store.encoder["model_path"],
-        query_maxlen=settings.query_maxlen,
-        doc_maxlen=settings.doc_maxlen,
-    )
+    store = Embeddings(args.embeddings)
+    encoder = load_query_encoder(store.encoder)
     queries = load_queries(args.dataset, split=args.split)
     qrels = load_qrels(args.dataset, split=args.split)
-    t0 = time.perf_counter()
-    qv = encoder.encode_queries([q.text for q in queries])
-    enc_s = time.perf_counter() - t0
+    encoded = encode_queries(encoder, queries)
+    qv, enc_s = encoded.vectors, encoded.seconds
     rows = []
 
     def record(name: str, run: list[ScoredDoc], seconds: float, **extra) -> None:
@@ -120,7 +117,7 @@ def main() -> None:
             ]
             lat_ms = np.array(lat) * 1000
             record(
-                f"ours {loaded.meta['factory']} (k'={sp.k_prime}, C={sp.max_candidates}, "
+                f"ours {loaded.meta.factory} (k'={sp.k_prime}, C={sp.max_candidates}, "
                 f"nprobe={sp.nprobe}, ef={sp.ef_search})",
                 run,
                 secs,
@@ -129,8 +126,8 @@ def main() -> None:
                 p95_ms=round(float(np.percentile(lat_ms, 95)), 1),
                 ann_ms=round(1000 * sum(r.timings["ann_s"] for r in results) / len(qv), 2),
                 maxsim_ms=round(1000 * sum(r.timings["maxsim_s"] for r in results) / len(qv), 2),
-                index_bytes_per_token=loaded.meta["bytes_per_token"]["index"],
-                store_bytes_per_token=loaded.meta["bytes_per_token"]["token_store"],
+                index_bytes_per_token=loaded.meta.bytes_per_token["index"],
+                store_bytes_per_token=loaded.meta.bytes_per_token["token_store"],
             )
     if args.fastplaid_index:
         python = Path(args.fastplaid_venv) / "bin" / "python"

@@ -1,15 +1,28 @@
-"""The `colbert-batch` command line."""
+"""The `colbert-batch` command line: parse arguments into a command's config, run it.
+
+Exit status: 0 on success; 2 on an error the user can fix (any
+:class:`~colbert_core.errors.ColbertBatchError`: one line saying what and how); 1 on
+anything else, which is a bug and is printed with its traceback; 130 when interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import Any
 
-from . import encode_job, index_job, pipeline, rerank_job, search_job
-from ._console import configure_logging
+from colbert_core.config import config_from_mapping
+from colbert_core.errors import ColbertBatchError, ConfigError
+
+from .cluster.actor_pool import cause_of
+from .commands import COMMANDS
+from .console import configure_logging, flag
 
 logger = logging.getLogger("colbert_batch")
+
+#: Namespace entries that are not command options.
+_NOT_OPTIONS = frozenset({"command", "verbose"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,42 +32,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = [
-        ("encode", "encode a corpus into token-embedding shards",
-         encode_job.add_arguments, encode_job.run),
-        ("index", "build a FAISS index over the token embeddings",
-         index_job.add_arguments, index_job.run),
-        ("search", "search encoded documents and evaluate the run",
-         search_job.add_search_arguments, search_job.run_search),
-        ("rerank", "exact MaxSim reranking of a given run (e.g. BM25)",
-         rerank_job.add_rerank_arguments, rerank_job.run_rerank),
-        ("bm25", "BM25 baseline run (bm25s, stemmed, stopworded)",
-         rerank_job.add_bm25_arguments, rerank_job.run_bm25),
-        ("pipeline", "encode -> index -> search -> evaluate from a YAML",
-         pipeline.add_arguments, pipeline.run),
-        ("evaluate", "evaluate any TREC run against qrels",
-         search_job.add_evaluate_arguments, search_job.run_evaluate),
-    ]  # fmt: skip
-    for name, help_text, add_arguments, run in commands:
-        p = sub.add_parser(name, help=help_text)
-        add_arguments(p)
-        p.set_defaults(func=run)
+    for name, module in COMMANDS.items():
+        # Options the user leaves out stay out of the namespace, so the config
+        # dataclass's defaults are the only defaults.
+        p = sub.add_parser(name, help=module.HELP, argument_default=argparse.SUPPRESS)
+        module.add_arguments(p)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
+def parse(argv: list[str] | None = None) -> tuple[Any, Any, int]:
+    """``(command module, its config, verbosity)`` from a command line.
+
+    Raises
+    ------
+    SystemExit
+        With status 2 and argparse's message for a malformed command line, including an
+        option value the config refuses (named as the flag).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = COMMANDS[args.command]
+    options = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}
     try:
-        return int(args.func(args) or 0)
+        config = config_from_mapping(module.Config, options, f"colbert-batch {args.command}", flag)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return module, config, args.verbose
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        module, config, verbose = parse(argv)
+    except SystemExit as exc:  # argparse has printed the usage and the message
+        return int(exc.code or 0)
+    configure_logging(verbose)
+    try:
+        module.report(config, module.run(config))
+        return 0
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130
-    except (ValueError, OSError, ImportError, RuntimeError) as exc:
+    except ColbertBatchError as exc:
         # Our errors carry the fix in their message; a traceback adds nothing for users.
+        # A Ray task's error arrives wrapped: report the original, not Ray's wrapper.
+        cause = cause_of(exc)
         logger.debug("failed", exc_info=True)
-        logger.error("%s: %s", type(exc).__name__, exc)
+        logger.error("%s: %s", type(cause).__name__, cause)
         return 2
+    except Exception:
+        logger.exception("colbert-batch failed unexpectedly (a bug: please report it)")
+        return 1
 
 
 if __name__ == "__main__":

@@ -357,25 +357,17 @@ def write_test_manifest(
     config: dict[str, Any] | None = None,
     model_path: str = "none",
 ) -> dict[str, Any]:
-    """A manifest shaped like the encode job's for hand-written shards (``ShardInfo`` list)."""
-    from colbert_core.store import shard_to_json, write_manifest
+    """Record hand-written shards (``ShardInfo`` list) in ``root/manifest.json`` through the
+    library's own helper; returns the manifest as JSON (what tests inspect and edit)."""
+    from colbert_core.embeddings import Manifest
 
-    manifest = {
-        "format_version": 1,
-        "complete": complete,
-        "updated": "2024-01-01T00:00:00+00:00",
-        "config": config or {},
-        "encoder": {"model_path": model_path, "fingerprint": fingerprint, "settings": {"dim": dim}},
-        "dim": dim,
-        "dtype": "float16",
-        "shards": [shard_to_json(i) for i in infos],
-        "rejects": 0,
-        "totals": {
-            "docs": sum(i.n_docs for i in infos),
-            "tokens": sum(i.n_tokens for i in infos),
-            "shards": len(infos),
-        },
-        "summary": {},
-    }
-    write_manifest(root, manifest)
-    return manifest
+    manifest = Manifest.for_shards(
+        infos,
+        dim=dim,
+        fingerprint=fingerprint,
+        model_path=model_path,
+        complete=complete,
+        config=config,
+    )
+    manifest.save(str(root))
+    return manifest.to_dict()

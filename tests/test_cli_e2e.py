@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import encode_argv
 
-from colbert_core.shards import read_shard
+from colbert_core.embeddings.shards import read_shard
 from jobs.cli import main
 
 

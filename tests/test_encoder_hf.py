@@ -49,7 +49,7 @@ def test_format_and_settings(encoder: ColBERTEncoder) -> None:
     assert s.query_augmentation is False
     assert s.skiplist_ids == ()
     assert (s.query_maxlen, s.doc_maxlen) == (64, 256)
-    assert encoder.describe()["settings"] == s.to_dict()
+    assert encoder.describe().settings == s
 
 
 def test_rows_are_l2_normalised(encoded: dict[str, list[np.ndarray]]) -> None:
@@ -160,7 +160,7 @@ def test_fingerprint_stable_and_sensitive(encoder: ColBERTEncoder) -> None:
     assert isinstance(fp, str) and len(fp) == 32
     again = load_encoder("minilm", device="cpu")
     assert again.fingerprint == fp
-    assert encoder.describe()["fingerprint"] == fp
+    assert encoder.describe().fingerprint == fp
     assert load_encoder("minilm", device="cpu", doc_maxlen=8).fingerprint != fp
     assert load_encoder("minilm", device="cpu", query_maxlen=32).fingerprint != fp
 

@@ -17,12 +17,13 @@ from colbert_core.data import Qrel
 from colbert_core.evaluation import (
     DEFAULT_MEASURES,
     MeasureError,
+    RunMetrics,
     evaluate,
     format_table,
     parse_measures,
-    write_evaluation,
+    save_evaluation,
 )
-from colbert_core.runs import RunFormatError, group_run, read_trec_run, write_trec_run
+from colbert_core.evaluation.runs import RunFormatError, group_run, read_trec_run, write_trec_run
 
 # q1: relevant d1 (grade 1) and d3 (grade 2), d2 judged non-relevant; retrieved at 2, 4, 3.
 # q2: relevant d9, not retrieved.
@@ -71,7 +72,7 @@ def test_rank_follows_score_not_list_order() -> None:
 
 def test_missing_query_is_reported_excluded_and_warned(caplog: pytest.LogCaptureFixture) -> None:
     qrels = [*QRELS, Qrel("q3", "d4", 1)]
-    with caplog.at_level(logging.WARNING, logger="colbert_core.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="colbert_core.evaluation.measures"):
         ev = evaluate(RUN, qrels)
     assert ev.missing_from_run == ["q3"]
     assert (ev.judged_queries, ev.evaluated_queries) == (3, 2)
@@ -80,7 +81,7 @@ def test_missing_query_is_reported_excluded_and_warned(caplog: pytest.LogCapture
     assert ev.measures == pytest.approx(evaluate(RUN, QRELS).measures, abs=1e-12)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert warnings[0].name == "colbert_core.evaluation"
+    assert warnings[0].name == "colbert_core.evaluation.measures"
     assert "1 judged queries have no results" in warnings[0].getMessage()
     assert "q3" in warnings[0].getMessage()
     assert ev.to_json()["missing_from_run"] == ["q3"]
@@ -90,7 +91,7 @@ def test_missing_query_is_reported_excluded_and_warned(caplog: pytest.LogCapture
 def test_no_warning_when_every_judged_query_is_in_the_run(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="colbert_core.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="colbert_core.evaluation.measures"):
         evaluate(RUN, QRELS)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -123,21 +124,17 @@ def test_unknown_measure(name: str) -> None:
     assert issubclass(MeasureError, ValueError)
 
 
-def test_write_evaluation(tmp_path: Path) -> None:
+def test_save_evaluation(tmp_path: Path) -> None:
     ev = evaluate(RUN, [*QRELS, Qrel("q3", "d4", 1)], ["P@5"])
     rundir = tmp_path / "runs" / "r1"
-    write_evaluation(rundir, ev, extra={"run": "r1", "k": 100})
+    save_evaluation(str(rundir), RunMetrics(params={"run": "r1", "k": 100}), ev)
     assert sorted(p.name for p in rundir.iterdir()) == ["metrics.json", "per_query.parquet"]
     metrics = json.loads((rundir / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics == {
-        "measures": pytest.approx(ev.measures),
-        "queries": 2,
-        "judged_queries": 3,
-        "missing_from_run": ["q3"],
-        "unjudged_in_run": 0,
-        "run": "r1",
-        "k": 100,
-    }
+    assert metrics["measures"] == pytest.approx(ev.measures)
+    assert (metrics["queries"], metrics["judged_queries"]) == (2, 3)
+    assert metrics["missing_from_run"] == ["q3"] and metrics["unjudged_in_run"] == 0
+    assert metrics["params"] == {"run": "r1", "k": 100}
+    assert RunMetrics.load(str(rundir)).measures == pytest.approx(ev.measures)
     assert metrics["measures"]["P@5"] == pytest.approx(Q1_P5 / 2)
     table = pq.read_table(rundir / "per_query.parquet")
     assert table.column_names == ["query_id", *DEFAULT_MEASURES, "P@5"]
@@ -165,7 +162,11 @@ scores = st.floats(-1e6, 1e6, allow_nan=False)
 
 
 @settings(max_examples=50, deadline=None)
-@given(results=st.dictionaries(ids, st.lists(st.tuples(ids, scores), max_size=5), max_size=5))
+@given(
+    results=st.dictionaries(
+        ids, st.lists(st.tuples(ids, scores), max_size=5, unique_by=lambda t: t[0]), max_size=5
+    )
+)
 def test_trec_run_round_trip(
     tmp_path_factory: pytest.TempPathFactory, results: dict[str, list[tuple[str, float]]]
 ) -> None:

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from colbert_core.exact import SearchResult, exact_search, topk_merge
-from colbert_core.maxsim import maxsim_reference
-from colbert_core.shards import build_shard, write_shard
-from colbert_core.store import EmbeddingStore, shard_to_json, write_manifest
+from colbert_core.embeddings import Embeddings, Manifest
+from colbert_core.embeddings.shards import build_shard, write_shard
+from colbert_core.search.exact import SearchResult, exact_search, topk_merge
+from colbert_core.search.maxsim import maxsim_reference
 
 BUDGETS = [1, 600, 4096, 1 << 16, 1 << 30]  # 1 byte: one query per group, one doc per block
 
@@ -43,22 +43,7 @@ def write_root(root: Path, docs: list[np.ndarray], shard_sizes: list[int], dim: 
         n_tokens = sum(v.shape[0] for v in vectors)
         infos.append(write_shard(root, shard_id, first, data, size, n_tokens))
         first += size
-    write_manifest(
-        root,
-        {
-            "format_version": 1,
-            "complete": True,
-            "encoder": {"fingerprint": "fp"},
-            "dim": dim,
-            "dtype": "float16",
-            "shards": [shard_to_json(i) for i in infos],
-            "totals": {
-                "docs": len(docs),
-                "tokens": sum(i.n_tokens for i in infos),
-                "shards": len(infos),
-            },
-        },
-    )
+    Manifest.for_shards(infos, dim=dim, fingerprint="fp").save(str(root))
     return root
 
 
@@ -116,7 +101,7 @@ def test_matches_brute_force_reference(tmp_path: Path, seed: int) -> None:
     dim = 8
     docs = random_corpus(rng, 40, dim)
     sizes = split(rng, len(docs), 4)
-    store = EmbeddingStore(write_root(tmp_path, docs, sizes, dim))
+    store = Embeddings(write_root(tmp_path, docs, sizes, dim))
     # Mixed query lengths; float16 and float32 queries are both accepted.
     queries = [unit_vectors(rng, int(n), dim) for n in rng.integers(1, 8, 6)]
     queries[0] = queries[0].astype(np.float32)
@@ -131,7 +116,7 @@ def test_memory_budget_does_not_change_the_result(tmp_path: Path, seed: int) -> 
     rng = np.random.default_rng(seed)
     dim = 8
     docs = random_corpus(rng, 30, dim)
-    store = EmbeddingStore(write_root(tmp_path, docs, split(rng, 30, 3), dim))
+    store = Embeddings(write_root(tmp_path, docs, split(rng, 30, 3), dim))
     queries = [unit_vectors(rng, int(n), dim) for n in rng.integers(1, 8, 5)]
     results = [exact_search(store, queries, k=7, memory_budget_bytes=b) for b in BUDGETS]
     for r in results:
@@ -162,7 +147,7 @@ def test_budget_invariance_property(
     dim = int(rng.integers(1, 17))
     docs = random_corpus(rng, n_docs, dim, max_len=5)
     sizes = split(rng, n_docs, min(n_shards, n_docs))
-    store = EmbeddingStore(write_root(tmp_path_factory.mktemp("root"), docs, sizes, dim))
+    store = Embeddings(write_root(tmp_path_factory.mktemp("root"), docs, sizes, dim))
     queries = [unit_vectors(rng, int(n), dim) for n in rng.integers(1, 6, 4)]
     small = exact_search(store, queries, k=k, memory_budget_bytes=budget)
     large = exact_search(store, queries, k=k)
@@ -195,7 +180,7 @@ def test_k_larger_than_corpus_pads_with_minus_one(tmp_path: Path, budget: int) -
     rng = np.random.default_rng(7)
     dim = 4
     docs = random_corpus(rng, 5, dim)
-    store = EmbeddingStore(write_root(tmp_path, docs, [2, 3], dim))
+    store = Embeddings(write_root(tmp_path, docs, [2, 3], dim))
     queries = [unit_vectors(rng, 3, dim), unit_vectors(rng, 1, dim)]
     result = exact_search(store, queries, k=9, memory_budget_bytes=budget)
     assert_matches_reference(result, queries, docs, 9)
@@ -214,7 +199,7 @@ def test_duplicate_documents_rank_by_ascending_doc_index(tmp_path: Path, budget:
     twins_at = [12, 1, 6, 5, 9]  # shard sizes 3, 2, 5, 4: shards 0, 2, 2, 3 and 1
     for pos in twins_at:
         docs[pos] = twin.copy()
-    store = EmbeddingStore(write_root(tmp_path, docs, [3, 2, 5, 4], dim))
+    store = Embeddings(write_root(tmp_path, docs, [3, 2, 5, 4], dim))
     queries = [eye[[0, 3, 5]], eye[[3]], eye[[5, 0, 0, 3]]]  # twins score 1.5, 0.5, 2.0
     result = exact_search(store, queries, k=7, memory_budget_bytes=budget)
     for row, scores, want in zip(result.doc_index, result.scores, [1.5, 0.5, 2.0], strict=True):
@@ -226,7 +211,7 @@ def test_duplicate_documents_rank_by_ascending_doc_index(tmp_path: Path, budget:
 def test_all_equal_scores_keep_corpus_order(tmp_path: Path) -> None:
     dim = 2
     docs = [np.array([[1.0, 0.0]], np.float16)] * 7 + [np.zeros((0, dim), np.float16)]
-    store = EmbeddingStore(write_root(tmp_path, docs, [3, 1, 4], dim))
+    store = Embeddings(write_root(tmp_path, docs, [3, 1, 4], dim))
     q = [np.array([[0.0, 1.0]], np.float16)]  # orthogonal: every document scores 0
     for budget in BUDGETS:
         result = exact_search(store, q, k=5, memory_budget_bytes=budget)
@@ -241,7 +226,7 @@ def test_empty_document_scores_zero(tmp_path: Path) -> None:
         np.zeros((0, dim), np.float16),  # empty: 0
         np.array([[1.0, 0.0]], np.float16),  # scores 1
     ]
-    store = EmbeddingStore(write_root(tmp_path, docs, [1, 2], dim))
+    store = Embeddings(write_root(tmp_path, docs, [1, 2], dim))
     result = exact_search(store, [np.array([[1.0, 0.0]], np.float32)], k=3)
     assert result.doc_index.tolist() == [[2, 1, 0]]
     assert result.scores.tolist() == [[1.0, 0.0, -1.0]]
@@ -249,7 +234,7 @@ def test_empty_document_scores_zero(tmp_path: Path) -> None:
 
 def test_bad_queries_and_k(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
-    store = EmbeddingStore(write_root(tmp_path, random_corpus(rng, 4, 8), [4], 8))
+    store = Embeddings(write_root(tmp_path, random_corpus(rng, 4, 8), [4], 8))
     with pytest.raises(ValueError, match=r"query 1 has shape \(3, 4\); expected \(n_tokens, 8\)"):
         exact_search(store, [unit_vectors(rng, 2, 8), unit_vectors(rng, 3, 4)], k=3)
     with pytest.raises(ValueError, match="query 0"):

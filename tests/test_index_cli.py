@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import faiss
@@ -13,10 +12,10 @@ import numpy as np
 import pytest
 from conftest import encode_argv
 
-from colbert_core.index import INDEX_FILE, META, load_index, token_to_doc
-from colbert_core.index.tokenstore import DOC_IDS, OFFSETS, TOKENS
-from colbert_core.shards import build_shard, write_shard
-from colbert_core.store import EmbeddingStore, write_manifest
+from colbert_core.embeddings import Embeddings, Manifest
+from colbert_core.embeddings.shards import build_shard, write_shard
+from colbert_core.index import INDEX_FILE, META, load_index
+from colbert_core.tokenstore import DOC_IDS, OFFSETS, TOKENS, token_to_doc
 from jobs.cli import main
 
 FILES = sorted([META, INDEX_FILE, TOKENS, OFFSETS, DOC_IDS])
@@ -73,30 +72,14 @@ def tiny_root(tmp_path: Path) -> Path:
         data = build_shard(ids, range(first, first + len(lengths)), vectors, 16, "tiny-fp")
         infos.append(write_shard(root, shard_id, first, data, len(lengths), sum(lengths)))
         first += len(lengths)
-    write_manifest(
-        root,
-        {
-            "format_version": 1,
-            "complete": True,
-            "dim": 16,
-            "dtype": "float16",
-            "totals": {
-                "docs": first,
-                "tokens": sum(i.n_tokens for i in infos),
-                "shards": len(infos),
-            },
-            "shards": [asdict(i) for i in infos],
-            "encoder": {"fingerprint": "tiny-fp", "settings": {"dim": 16}},
-            "config": {},
-        },
-    )
+    Manifest.for_shards(infos, dim=16, fingerprint="tiny-fp").save(str(root))
     return root
 
 
 def test_ivfpq_over_a_real_encode(encoded: Path, ivfpq_index: Path) -> None:
     out = ivfpq_index
     assert sorted(p.name for p in out.iterdir()) == FILES
-    store = EmbeddingStore(encoded)
+    store = Embeddings(encoded)
     meta = json.loads((out / META).read_text())
     assert (meta["type"], meta["factory"]) == ("ivfpq", "IVF32,PQ24x8")  # 384 / 16 = 24
     assert (meta["dim"], meta["n_tokens"], meta["n_docs"]) == (
@@ -104,12 +87,13 @@ def test_ivfpq_over_a_real_encode(encoded: Path, ivfpq_index: Path) -> None:
         store.n_tokens,
         store.n_docs,
     )
-    assert meta["model_fingerprint"] == store.encoder["fingerprint"]
+    assert meta["model_fingerprint"] == store.encoder.fingerprint
     manifest_sha = hashlib.sha256((encoded / "manifest.json").read_bytes()).hexdigest()
     assert meta["source"]["manifest_sha256"] == manifest_sha
     assert meta["bytes_per_token"]["token_store"] == 768
 
-    loaded = load_index(out, expected_fingerprint=store.encoder["fingerprint"])
+    loaded = load_index(out)
+    assert loaded.encoder == store.encoder
     assert loaded.index.ntotal == store.n_tokens
     shards = list(store)
     assert loaded.doc_ids == [d for s in shards for d in s.doc_ids]
@@ -182,7 +166,7 @@ def test_other_types(
     assert sorted(p.name for p in out.iterdir()) == FILES
     loaded = load_index(out)
     assert isinstance(faiss.downcast_index(loaded.index), cls)
-    assert loaded.index.ntotal == summary["n_tokens"] == EmbeddingStore(encoded).n_tokens
+    assert loaded.index.ntotal == summary["n_tokens"] == Embeddings(encoded).n_tokens
 
 
 def test_rebuild_replaces_existing_index(
@@ -194,7 +178,7 @@ def test_rebuild_replaces_existing_index(
     assert _index(encoded, out, "--type", "flat") == 0
     assert sorted(p.name for p in out.iterdir()) == FILES  # no leftovers, no temp files
     loaded = load_index(out)
-    assert (loaded.meta["type"], loaded.meta["factory"]) == ("flat", "Flat")
+    assert (loaded.meta.type, loaded.meta.factory) == ("flat", "Flat")
     assert isinstance(faiss.downcast_index(loaded.index), faiss.IndexFlatIP)
     assert (out / INDEX_FILE).read_bytes() != first[INDEX_FILE]
     assert (out / TOKENS).read_bytes() == first[TOKENS]  # same embeddings, same store

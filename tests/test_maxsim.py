@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from colbert_core.maxsim import CandidateScorer, maxsim_flat, maxsim_padded, maxsim_reference
+from colbert_core.search.maxsim import CandidateScorer, maxsim_flat, maxsim_padded, maxsim_reference
 
 ATOL = 1e-4
 # Values at masked-out positions: large, so a masking bug cannot hide inside the tolerance.

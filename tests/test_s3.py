@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from colbert_core.embeddings import Embeddings
 from colbert_core.storage import S3Storage, StorageError, open_storage
-from colbert_core.store import EmbeddingStore
 from jobs.cli import main
 
 BUCKET = "colbert-s3-tests"
@@ -146,8 +146,8 @@ def test_encode_into_bucket_matches_local_run(
     assert manifest["shards"] == local_manifest["shards"]
     assert manifest["totals"] == local_manifest["totals"]
 
-    store = EmbeddingStore(f"s3://{BUCKET}/{prefix}")
-    local = EmbeddingStore(local_run)
+    store = Embeddings(f"s3://{BUCKET}/{prefix}")
+    local = Embeddings(local_run)
     assert store.root == f"s3://{BUCKET}/{prefix}"
     assert (store.n_docs, store.n_tokens, store.dim) == (local.n_docs, local.n_tokens, local.dim)
     docs = 0

@@ -132,7 +132,7 @@ def test_ivfpq_search_reports_quality_latency_and_parameters(
     assert m["latency_ms"]["p50"] <= m["latency_ms"]["p95"] <= m["latency_ms"]["p99"]
     p = m["params"]
     assert p["k_prime"] == 64 and p["max_candidates"] == 256 and p["nprobe"] >= 1
-    assert p["workers"] == 2
+    assert m["workers"]["actors"] == 2
     assert {"query_encoding_s", "ann_s", "maxsim_s", "qps"} <= set(m["timings"])
 
 

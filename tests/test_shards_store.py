@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -20,10 +21,13 @@ from conftest import write_test_manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import colbert_core.shards as shards_module
-from colbert_core.atomic import write_bytes_atomic, write_json_atomic
-from colbert_core.shards import (
+import colbert_core.embeddings.shards as shards_module
+from colbert_core.embeddings import (
+    MANIFEST,
     SHARD_DIR,
+    Embeddings,
+    Manifest,
+    ManifestError,
     ShardError,
     ShardInfo,
     build_shard,
@@ -31,13 +35,7 @@ from colbert_core.shards import (
     shard_name,
     write_shard,
 )
-from colbert_core.store import (
-    MANIFEST,
-    EmbeddingStore,
-    ManifestError,
-    load_manifest,
-    write_manifest,
-)
+from colbert_core.storage import write_bytes_atomic, write_json_atomic
 
 FIXTURES = Path(__file__).parent / "fixtures"
 IDS = ["plain", "with#hash", "ünïcödé", "日本語-文書", "emoji-🙂", "", "a/b\\c", "#"]
@@ -263,10 +261,10 @@ def root(tmp_path: Path) -> Path:
 
 
 def test_store_reads_every_shard(root: Path) -> None:
-    store = EmbeddingStore(root)
+    store = Embeddings(root)
     assert (store.dim, store.n_docs, store.n_tokens) == (8, 6, 15)
     assert [s.name for s in store.shards] == [shard_name(i) for i in range(3)]
-    assert store.encoder["fingerprint"] == "test-fingerprint"
+    assert store.encoder.fingerprint == "test-fingerprint"
     read = list(store)
     assert [d.doc_ids for d in read] == [["a", "b#2", "ç"], ["d", "e"], ["f"]]
     assert np.concatenate([d.doc_index for d in read]).tolist() == list(range(6))
@@ -284,7 +282,7 @@ def test_store_modified_shard_byte(root: Path, verify: bool) -> None:
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x01  # same size, different content
     path.write_bytes(bytes(raw))
-    store = EmbeddingStore(root, verify=verify)
+    store = Embeddings(root, verify=verify)
     if verify:
         with pytest.raises(ShardError, match="sha256") as info:
             list(store)
@@ -299,15 +297,15 @@ def test_store_truncated_shard_mentions_sha256(root: Path) -> None:
     path = root / SHARD_DIR / shard_name(0)
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(ShardError, match="sha256"):
-        list(EmbeddingStore(root))
+        list(Embeddings(root))
     with pytest.raises(ShardError, match="truncated"):
-        list(EmbeddingStore(root, verify=False))
+        list(Embeddings(root, verify=False))
 
 
 @pytest.mark.parametrize("verify", [True, False])
 def test_store_missing_shard(root: Path, verify: bool) -> None:
     (root / SHARD_DIR / shard_name(2)).unlink()
-    store = EmbeddingStore(root, verify=verify)
+    store = Embeddings(root, verify=verify)
     it = iter(store)
     next(it), next(it)  # the first two shards are fine
     with pytest.raises(ShardError, match="missing shard") as info:
@@ -316,38 +314,36 @@ def test_store_missing_shard(root: Path, verify: bool) -> None:
 
 
 def test_store_counts_disagreeing_with_manifest(root: Path) -> None:
-    manifest = load_manifest(root)
-    manifest["shards"][0]["n_docs"] = 4
-    write_manifest(root, manifest)
+    manifest = Manifest.load(str(root))
+    shards = (dataclasses.replace(manifest.shards[0], n_docs=4), *manifest.shards[1:])
+    manifest.replace(shards=shards).save(str(root))
     with pytest.raises(ShardError, match="manifest says 4 / 5"):
-        list(EmbeddingStore(root))
+        list(Embeddings(root))
 
 
 def test_store_dim_disagreeing_with_manifest(root: Path) -> None:
-    manifest = load_manifest(root)
-    manifest["dim"] = 16
-    write_manifest(root, manifest)
+    Manifest.load(str(root)).replace(dim=16).save(str(root))
     with pytest.raises(ShardError, match="dim 8 differs from the expected 16"):
-        list(EmbeddingStore(root))
+        list(Embeddings(root))
 
 
 def test_incomplete_manifest_tells_to_rerun(tmp_path: Path) -> None:
     make_root(tmp_path, [random_docs(np.random.default_rng(5), [2], 4)], 4, complete=False)
     with pytest.raises(ManifestError, match="re-run") as info:
-        EmbeddingStore(tmp_path)
+        Embeddings(tmp_path)
     assert "incomplete" in str(info.value)
 
 
 def test_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="not found") as info:
-        EmbeddingStore(tmp_path)
+        Embeddings(tmp_path)
     assert "colbert-batch encode" in str(info.value)
 
 
 def test_invalid_json_manifest_names_the_line(tmp_path: Path) -> None:
     (tmp_path / MANIFEST).write_text('{\n  "format_version": 1,\n  "complete": true,,\n}\n')
     with pytest.raises(ManifestError) as info:
-        EmbeddingStore(tmp_path)
+        Embeddings(tmp_path)
     assert f"{tmp_path / MANIFEST}:3:" in str(info.value)
     assert "invalid JSON" in str(info.value)
 
@@ -357,13 +353,13 @@ def test_unsupported_format_version(root: Path) -> None:
     manifest["format_version"] = 2
     (root / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match="format_version 2 is not supported"):
-        EmbeddingStore(root)
+        Embeddings(root)
 
 
 def test_store_over_a_real_encode_output(tmp_path: Path) -> None:
     """ROOT produced by the real encode path (tiny PyLate checkpoint, CPU)."""
     from colbert_core import load_encoder
-    from colbert_core.encode import EncodeConfig, run_encode
+    from colbert_core.embeddings import EncodeConfig, run_encode
 
     corpus = tmp_path / "corpus.jsonl"
     docs = [("d#1", "hello world"), ("ü-2", "a b c d e f g"), ("3", "short"), ("4", "x y z")]
@@ -375,15 +371,15 @@ def test_store_over_a_real_encode_output(tmp_path: Path) -> None:
     config = EncodeConfig(corpus=str(corpus), model=model, out=str(out), shard_size=2)
     manifest = run_encode(config, encoder)
 
-    assert manifest["complete"] is True and manifest["format_version"] == 1
-    assert manifest["totals"]["docs"] == 5 and manifest["totals"]["shards"] == 3
-    assert load_manifest(out) == json.loads(json.dumps(manifest))
-    store = EmbeddingStore(out)
+    assert manifest.complete is True and manifest.format_version == 1
+    assert manifest.totals()["docs"] == 5 and manifest.totals()["shards"] == 3
+    assert Manifest.load(str(out)) == manifest
+    store = Embeddings(out)
     assert store.dim == encoder.dim
     read = list(store)
     assert [i for d in read for i in d.doc_ids] == [d[0] for d in docs]
     assert np.concatenate([d.doc_index for d in read]).tolist() == list(range(5))
-    assert sum(d.n_tokens for d in read) == manifest["totals"]["tokens"]
+    assert sum(d.n_tokens for d in read) == manifest.n_tokens
     assert [d.n_docs for d in read] == [2, 2, 1]
     # The same vectors as encoding the texts directly, to float16 precision.
     direct = encoder.encode_documents([t for _, t in docs], batch_size=8)
@@ -397,7 +393,7 @@ def test_store_over_a_real_encode_output(tmp_path: Path) -> None:
     raw[-100] ^= 0x10
     path.write_bytes(bytes(raw))
     with pytest.raises(ShardError, match="sha256"):
-        list(EmbeddingStore(out))
+        list(Embeddings(out))
 
 
 # ---------------------------------------------------------------------------- atomic writes

@@ -7,6 +7,7 @@ Examples
 'A title text'
 """
 
+from colbert_core.data.queryset import LoadedQueries, QuerySet
 from colbert_core.data.readers import (
     CorpusReader,
     MissingDependencyError,
@@ -22,11 +23,15 @@ from colbert_core.data.records import (
     Qrel,
     Query,
     RejectLog,
+    id_problem,
 )
 from colbert_core.data.sources import (
     DatasetDownloadError,
+    DatasetNotFoundError,
     DataSourceError,
     datasets_dir,
+    default_qrels,
+    is_dataset,
     resolve_source,
 )
 
@@ -36,13 +41,19 @@ __all__ = [
     "CorpusReader",
     "DataSourceError",
     "DatasetDownloadError",
+    "DatasetNotFoundError",
     "Document",
+    "LoadedQueries",
     "MissingDependencyError",
     "OnBadRecord",
     "Qrel",
     "Query",
+    "QuerySet",
     "RejectLog",
     "datasets_dir",
+    "default_qrels",
+    "id_problem",
+    "is_dataset",
     "load_qrels",
     "load_queries",
     "open_corpus",

@@ -1,44 +1,43 @@
-"""Low-level file helpers for the data package (atomic writes, line reading)."""
+"""Low-level file helpers for the data package (line reading)."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import os
-import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` so readers never see a partial file.
-
-    Parameters
-    ----------
-    path : Path
-        Destination; its parent folder is created if needed.
-    text : str
-        Full file content.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temp file must live in the destination folder: os.replace is only
-    # atomic within one filesystem.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+from colbert_core.data.sources import DataSourceError
 
 
 def is_gzip(path: Path) -> bool:
     """Whether ``path`` names a gzip-compressed file (by suffix)."""
     return path.suffix.lower() == ".gz"
+
+
+def count_lines(path: Path) -> int:
+    """Lines of a plain or ``.gz`` file (a last line without ``\\n`` counts), read in
+    1 MiB blocks.
+
+    Raises
+    ------
+    DataSourceError
+        When a compressed file is truncated or corrupt.
+    """
+    opener = gzip.open if is_gzip(path) else open
+    n = 0
+    last = b"\n"
+    try:
+        with opener(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                n += block.count(b"\n")
+                last = block[-1:]
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataSourceError(
+            f"{path}: the compressed file is truncated or corrupt ({exc}); "
+            "download or copy it again"
+        ) from exc
+    return n + (last != b"\n")
 
 
 def iter_binary_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -58,10 +57,19 @@ def iter_binary_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         Line number and the line without its ``\\n`` / ``\\r\\n`` ending.
     """
     opener = gzip.open if is_gzip(path) else open
-    with opener(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            line = raw.rstrip(b"\r\n")
-            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-                # Editors on Windows prepend a UTF-8 byte-order mark; it is not data.
-                line = line[3:]
-            yield number, line
+    number = 0
+    try:
+        with opener(path, "rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                line = raw.rstrip(b"\r\n")
+                if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    # Editors on Windows prepend a UTF-8 byte-order mark; it is not data.
+                    line = line[3:]
+                yield number, line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        # Not a bad record: everything after this point is unreadable, so skipping cannot
+        # help and going on would silently lose the rest of the file.
+        raise DataSourceError(
+            f"{path}: the compressed file is truncated or corrupt after line {number} "
+            f"({type(exc).__name__}: {exc}); download or copy it again"
+        ) from exc

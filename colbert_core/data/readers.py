@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-from colbert_core.data._io import is_gzip, iter_binary_lines
+from colbert_core.data._io import count_lines, is_gzip, iter_binary_lines
 from colbert_core.data.records import (
     EXCERPT_CHARS,
     BadRecord,
@@ -33,8 +33,15 @@ from colbert_core.data.records import (
     Qrel,
     Query,
     RejectLog,
+    id_problem,
 )
-from colbert_core.data.sources import IRDS_PREFIX, DataSourceError, resolve_source
+from colbert_core.data.sources import (
+    IRDS_PREFIX,
+    DatasetNotFoundError,
+    DataSourceError,
+    resolve_source,
+)
+from colbert_core.errors import ColbertBatchError
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +60,13 @@ _TSV_HEADER_IDS = frozenset(
     {"_id", "id", "doc_id", "docid", "docno", "pid", "qid", "query_id", "query-id"}
 )
 _PARQUET_BATCH_ROWS = 8192
+#: Compressed corpora larger than this are not pre-counted for the progress bar.
+COUNT_GZ_LIMIT = 2 << 30
 _QRELS_HINT = "qrels are always read strictly; fix or remove that line"
 _IRDS_INSTALL_HINT = "pip install 'colbert-batch[irds]'"
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(ColbertBatchError, ImportError):
     """An optional dependency needed for the requested source is not installed."""
 
 
@@ -132,7 +141,7 @@ def _format_of(path: Path) -> _Format:
 def _existing_path(spec: str) -> Path:
     path = Path(spec).expanduser()
     if not path.exists():
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"dataset {spec!r} not found; pass an existing file or BEIR folder, "
             "'beir:<name>' to download a BEIR dataset, or 'irds:<id>' for ir_datasets"
         )
@@ -158,7 +167,7 @@ def _beir_qrels_file(folder: Path, split: str) -> Path:
         return path
     available = sorted(p.stem for p in qrels_dir.glob("*.tsv")) if qrels_dir.is_dir() else []
     listed = ", ".join(available) if available else "none"
-    raise FileNotFoundError(
+    raise DatasetNotFoundError(
         f"{folder} has no qrels for split {split!r} (expected {path}); "
         f"available splits: {listed}; pass one of them as split"
     )
@@ -287,6 +296,14 @@ def _id_field(fields: Mapping[str, Any], keys: tuple[str, ...], what: str) -> st
     ident = str(value)
     if not ident.strip():
         raise _Invalid(f"empty {what} id in field {key!r}")
+    return _checked_id(ident, what, f"field {key!r}")
+
+
+def _checked_id(ident: str, what: str, where: str) -> str:
+    """``ident`` if it can be written to runs; a bad record now beats a failed job later."""
+    problem = id_problem(ident)
+    if problem:
+        raise _Invalid(f"{what} id {ident!r} in {where} {problem}")
     return ident
 
 
@@ -313,6 +330,7 @@ def _document_from(row: _Row, tsv_width: list[int]) -> Document:
         doc_id = row.columns[0].strip()
         if not doc_id:
             raise _Invalid("empty document id in column 1")
+        _checked_id(doc_id, "document", "column 1")
         if width == 2:
             return Document(doc_id, row.columns[1])
         return Document(doc_id, row.columns[2], title=row.columns[1])
@@ -334,6 +352,7 @@ def _query_from(row: _Row) -> Query:
         query_id = row.columns[0].strip()
         if not query_id:
             raise _Invalid("empty query id in column 1")
+        _checked_id(query_id, "query", "column 1")
         return Query(query_id, row.columns[1])
     fields = row.fields or {}
     return Query(
@@ -371,7 +390,7 @@ class CorpusReader:
 
     Raises
     ------
-    FileNotFoundError
+    DatasetNotFoundError
         If a local spec does not exist.
     DataSourceError
         If the format cannot be told or a folder is not a BEIR folder.
@@ -406,6 +425,25 @@ class CorpusReader:
 
     def __repr__(self) -> str:
         return f"CorpusReader({self.description!r}, on_bad_record={self.on_bad_record.value!r})"
+
+    def estimate_count(self) -> int | None:
+        """About how many documents the corpus holds, when that is cheap to tell.
+
+        Parquet: the row count from the footer; ir_datasets: its ``docs_count()``;
+        JSONL/TSV: the number of lines (about a second per GB, longer for ``.gz``;
+        compressed files over :data:`COUNT_GZ_LIMIT` bytes are not counted). Blank lines,
+        a TSV header and bad records make it an upper bound. ``None`` when unknown.
+        """
+        if self._path is None:
+            count = getattr(self._irds, "docs_count", None)
+            return int(count()) if callable(count) and count() is not None else None
+        if self._format == "parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(self._path).metadata.num_rows)
+        if is_gzip(self._path) and self._path.stat().st_size > COUNT_GZ_LIMIT:
+            return None
+        return count_lines(self._path)
 
     def __iter__(self) -> Iterator[Document]:
         policy = _Policy(self.description, self.on_bad_record, self.rejects)
@@ -518,7 +556,7 @@ def load_queries(
     ------
     BadRecordError
         For a bad record under the ``ERROR`` policy.
-    FileNotFoundError
+    DatasetNotFoundError
         If the spec or the BEIR split does not exist.
     """
     policy_mode = OnBadRecord.coerce(on_bad_record)
@@ -616,7 +654,7 @@ def load_qrels(spec: str, *, split: str = "test") -> list[Qrel]:
     ------
     BadRecordError
         At the first malformed line.
-    FileNotFoundError
+    DatasetNotFoundError
         If the spec or the BEIR split does not exist.
     """
     if spec.startswith(IRDS_PREFIX):

@@ -13,9 +13,8 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from pathlib import Path
 
-from colbert_core.data._io import atomic_write_text
+from colbert_core.errors import ColbertBatchError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +22,22 @@ logger = logging.getLogger(__name__)
 EXCERPT_CHARS = 200
 
 SKIP_HINT = "pass --on-bad-record skip to skip such records and write them to rejects.jsonl"
+
+
+def id_problem(ident: str) -> str | None:
+    """Why ``ident`` cannot serve as a document or query id, or ``None`` when it can.
+
+    Ids end up in whitespace-separated files (TREC runs, TREC qrels), so an id must be
+    non-empty and hold no whitespace; every reader and writer applies this one rule.
+
+    >>> id_problem("MED-10"), id_problem("foldoc:peano arithmetic:0")
+    (None, 'contains whitespace (ids are written to whitespace-separated TREC runs)')
+    """
+    if not ident:
+        return "is empty"
+    if any(c.isspace() for c in ident):
+        return "contains whitespace (ids are written to whitespace-separated TREC runs)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +134,7 @@ class BadRecord:
     excerpt: str
 
 
-class BadRecordError(ValueError):
+class BadRecordError(ColbertBatchError, ValueError):
     """Raised for a bad input record when the policy is :attr:`OnBadRecord.ERROR`.
 
     Parameters
@@ -163,7 +178,7 @@ class OnBadRecord(StrEnum):
 
         Raises
         ------
-        ValueError
+        ConfigError
             If ``value`` names no policy.
         """
         if isinstance(value, cls):
@@ -172,7 +187,7 @@ class OnBadRecord(StrEnum):
             return cls(str(value).lower())
         except ValueError as exc:
             choices = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(f"unknown bad-record policy {value!r}; use one of {choices}") from exc
+            raise ConfigError(f"unknown bad-record policy {value!r}; use one of {choices}") from exc
 
 
 class RejectLog:
@@ -205,18 +220,6 @@ class RejectLog:
     def __len__(self) -> int:
         return len(self.records)
 
-    def write_jsonl(self, path: str | Path) -> None:
-        """Write the rejects atomically, one JSON object per line.
-
-        Each line holds ``source``, ``line``, ``reason`` and ``excerpt``.  An empty
-        log writes an empty file, so a run's output always says how many were
-        rejected.
-
-        Parameters
-        ----------
-        path : str or Path
-            Destination file; parent folders are created.
-        """
-        lines = [json.dumps(asdict(rec), ensure_ascii=False) + "\n" for rec in self.records]
-        atomic_write_text(Path(path), "".join(lines))
-        logger.info("wrote %d rejected record(s) to %s", len(self.records), path)
+    def to_jsonl(self) -> str:
+        """The rejects as JSON lines: ``source``, ``line``, ``reason`` and ``excerpt``."""
+        return "".join(json.dumps(asdict(rec), ensure_ascii=False) + "\n" for rec in self.records)

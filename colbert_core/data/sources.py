@@ -18,6 +18,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from colbert_core.errors import ColbertBatchError
+
 logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "COLBERT_BATCH_DATA"
@@ -33,12 +35,16 @@ _DOWNLOAD_TIMEOUT_S = 60.0
 _BEIR_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class DatasetDownloadError(RuntimeError):
+class DatasetDownloadError(ColbertBatchError, RuntimeError):
     """A ``beir:`` dataset could not be downloaded or unpacked."""
 
 
-class DataSourceError(ValueError):
+class DataSourceError(ColbertBatchError, ValueError):
     """A dataset spec names something that cannot be read (bad name, format or layout)."""
+
+
+class DatasetNotFoundError(DataSourceError, FileNotFoundError):
+    """A dataset path, or a split of a BEIR folder, does not exist."""
 
 
 def datasets_dir() -> Path:
@@ -53,6 +59,24 @@ def datasets_dir() -> Path:
     if configured:
         return Path(configured).expanduser()
     return Path.home() / ".cache" / "colbert-batch" / "datasets"
+
+
+def is_dataset(spec: str) -> bool:
+    """Whether ``spec`` names a whole dataset (``beir:``, ``irds:`` or a BEIR folder)
+    rather than a single file."""
+    return spec.startswith((BEIR_PREFIX, IRDS_PREFIX)) or Path(spec).expanduser().is_dir()
+
+
+def default_qrels(queries: str, qrels: str | None) -> str | None:
+    """The qrels to evaluate a run with: ``qrels`` when given, else the queries' own
+    dataset when the queries come from one (a plain queries file has no judgements).
+
+    >>> default_qrels("beir:scifact", None), default_qrels("q.tsv", None)
+    ('beir:scifact', None)
+    """
+    if qrels:
+        return qrels
+    return queries if is_dataset(queries) else None
 
 
 def resolve_source(spec: str) -> str:

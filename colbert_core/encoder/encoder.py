@@ -6,12 +6,14 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .checkpoints import LoadedCheckpoint, fingerprint, load_checkpoint, resolve_model_path
+from .errors import CheckpointError
+from .record import EncoderRecord
 from .settings import EncoderSettings
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ class ColBERTEncoder:
         self.projection = ckpt.projection.to(self.device, self.dtype) if ckpt.projection else None
         tok = self.tokenizer
         if tok.pad_token_id is None:
-            raise ValueError(f"{self.path}: tokenizer has no pad token")
+            raise CheckpointError(f"{self.path}: tokenizer has no pad token")
         self._pad_id = int(tok.pad_token_id)
         self._mask_id = int(tok.mask_token_id) if tok.mask_token_id is not None else self._pad_id
         self._query_marker_id = self._marker_id(self.settings.query_marker)
@@ -76,15 +78,15 @@ class ColBERTEncoder:
             self._fingerprint = fingerprint(self.path, self.settings)
         return self._fingerprint
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EncoderRecord:
         """What to record next to outputs made with this encoder."""
-        return {
-            "model_path": str(self.path),
-            "fingerprint": self.fingerprint,
-            "settings": self.settings.to_dict(),
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
-        }
+        return EncoderRecord(
+            model_path=str(self.path),
+            fingerprint=self.fingerprint,
+            settings=self.settings,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+        )
 
     # -- public API -----------------------------------------------------------------
 
@@ -129,7 +131,7 @@ class ColBERTEncoder:
             return None
         token_id = self.tokenizer.convert_tokens_to_ids(marker)
         if token_id is None or token_id == self.tokenizer.unk_token_id:
-            raise ValueError(f"{self.path}: marker token {marker!r} is not in the vocabulary")
+            raise CheckpointError(f"{self.path}: marker token {marker!r} is not in the vocabulary")
         return int(token_id)
 
     def tokenize(self, texts: Sequence[str], *, is_query: bool) -> list[list[int]]:
@@ -177,7 +179,7 @@ class ColBERTEncoder:
         if isinstance(texts, str):
             raise TypeError("pass a list of texts, not a single string")
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
         texts = list(texts)
         out: list[np.ndarray | None] = [None] * len(texts)
         windows = [
@@ -252,7 +254,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if name not in DTYPES:
-        raise ValueError(f"dtype must be auto, fp32, bf16 or fp16, got {name!r}")
+        raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {name!r}")
     return DTYPES[name]
 
 

@@ -1,7 +1,9 @@
 """Exceptions raised while locating and loading checkpoints."""
 
+from ..errors import ColbertBatchError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(ColbertBatchError, ValueError):
     """A model directory is missing, incomplete or in an unsupported format."""
 
 

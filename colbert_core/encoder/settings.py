@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..errors import ConfigError
+
 CheckpointFormat = Literal["stanford", "pylate", "hf"]
 
 
@@ -49,12 +51,12 @@ class EncoderSettings:
 
     def __post_init__(self) -> None:
         if self.query_maxlen < 3 or self.doc_maxlen < 3:
-            raise ValueError(
+            raise ConfigError(
                 f"query_maxlen={self.query_maxlen} and doc_maxlen={self.doc_maxlen} must both be "
                 ">= 3 (room for [CLS], a marker and [SEP])"
             )
         if self.dim <= 0:
-            raise ValueError(f"dim must be positive, got {self.dim}")
+            raise ConfigError(f"dim must be positive, got {self.dim}")
 
     def replace(self, **changes: Any) -> EncoderSettings:
         """Return a copy with ``changes`` applied (``None`` values are ignored)."""

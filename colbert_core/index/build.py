@@ -9,31 +9,25 @@ exactly the inverted lists a one-process build gives.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import resource
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
-from ..shards import ShardInfo
-from ..storage import is_s3, open_storage
-from ..store import MANIFEST, EmbeddingStore
-from .spec import IndexSpec
-from .tokenstore import DOC_IDS, OFFSETS, TOKENS, TokenStoreWriter
+from ..embeddings import Embeddings, ShardInfo
+from ..embeddings.manifest import now_iso
+from ..storage import file_entry, is_s3, open_storage, write_bytes_atomic
+from ..tokenstore import TOKENS, DocMappingWriter, Float16StoreWriter
+from .meta import INDEX_FILE, META, FileEntry, IndexMeta
+from .spec import IndexSpec, IndexSpecError
 
 logger = logging.getLogger(__name__)
-
-INDEX_FILE = "index.faiss"
-META = "meta.json"
-INDEX_FORMAT_VERSION = 1
 
 #: Starts filling copies of a trained index with groups of shards and returns a function
 #: that yields the serialised partial indices in group order (so the driver writes the
@@ -80,7 +74,7 @@ def _hnsw(index: faiss.Index) -> Any:
         return None
 
 
-def sample_training_vectors(store: EmbeddingStore, n: int, seed: int) -> np.ndarray:
+def sample_training_vectors(store: Embeddings, n: int, seed: int) -> np.ndarray:
     """``n`` token vectors drawn uniformly without replacement over all shards (seeded).
 
     Reads each shard at most once and keeps only the picked rows: memory is the sample plus
@@ -142,7 +136,7 @@ def add_shards_to_copy(
     The unit of work of a parallel build; returns the serialised partial index.
     """
     index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
-    store = EmbeddingStore(root)
+    store = Embeddings(root)
     next_id = first_token
     for info in infos:
         shard = store.read(info)
@@ -168,7 +162,7 @@ def shard_groups(infos: list[ShardInfo], n_groups: int) -> list[list[ShardInfo]]
     A shard starts the next group when its middle lies past the current group's share of
     the tokens, or when every remaining shard is needed to give each group one.
 
-    >>> from colbert_core.shards import ShardInfo
+    >>> from colbert_core.embeddings import ShardInfo
     >>> sizes = lambda gs: [[i.n_tokens for i in g] for g in gs]
     >>> sizes(shard_groups([ShardInfo(i, "", 0, 1, n, 0, "") for i, n in
     ...                     enumerate([422, 779])], 2))
@@ -204,142 +198,146 @@ def build_index(
     parallel_add: ParallelAdd | None = None,
     n_groups: int = 1,
     progress: Callable[[str, int], None] | None = None,
-) -> dict[str, Any]:
-    """Build the index for ``embeddings`` into ``out`` (a folder or ``s3://``); returns meta.
+    build: dict[str, Any] | None = None,
+) -> IndexMeta:
+    """Build the index for ``embeddings`` into ``out`` (a folder or ``s3://``).
 
-    ``progress(stage, n)`` is called with ``("train", 0)`` and ``("add", tokens)``.
+    ``progress(stage, n)`` is called with ``("train", 0)`` and ``("add", tokens)``;
+    ``build`` (the options the user asked for) is recorded in ``meta.json``.
     """
-    store = EmbeddingStore(embeddings)
+    store = Embeddings(embeddings)
     if store.dim != spec.dim:
-        raise ValueError(f"index dim {spec.dim} differs from the embeddings' dim {store.dim}")
+        raise IndexSpecError(f"index dim {spec.dim} differs from the embeddings' dim {store.dim}")
     if is_s3(out):
         with tempfile.TemporaryDirectory(prefix="colbert-index-") as tmp:
-            meta = _build_local(store, Path(tmp), spec, parallel_add, n_groups, progress)
+            meta = _build_local(store, Path(tmp), spec, parallel_add, n_groups, progress, build)
             target = open_storage(out)
+            target.delete(META)  # incomplete until the new meta.json lands
             # meta.json last: an index is complete exactly when its meta.json exists.
-            for name in meta["files"]:
+            for name in meta.files:
                 target.put(name, (Path(tmp) / name).read_bytes())
-            target.put(META, (Path(tmp) / META).read_bytes())
+            target.put(META, meta.to_json())
             return meta
-    return _build_local(store, Path(out), spec, parallel_add, n_groups, progress)
+    return _build_local(store, Path(out), spec, parallel_add, n_groups, progress, build)
 
 
-def _build_local(
-    store: EmbeddingStore,
+def _train(store: Embeddings, spec: IndexSpec, index: faiss.Index, progress: Any) -> bool:
+    """Train ``index`` on a seeded sample when it needs training; returns whether on GPU."""
+    if index.is_trained:
+        return False
+    sample = sample_training_vectors(store, spec.train_sample, spec.seed)
+    logger.info("training %s on %d sampled token vectors", spec.factory, len(sample))
+    if progress:
+        progress("train", 0)
+    return train_index(index, sample)
+
+
+def _fill(
+    store: Embeddings,
     out: Path,
-    spec: IndexSpec,
+    index: faiss.Index,
     parallel_add: ParallelAdd | None,
     n_groups: int,
     progress: Callable[[str, int], None] | None,
-) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META).unlink(missing_ok=True)  # incomplete until the new meta.json lands
-    index = create_index(spec)
-    t0 = time.perf_counter()
-    gpu = False
-    if not index.is_trained:
-        sample = sample_training_vectors(store, spec.train_sample, spec.seed)
-        logger.info("training %s on %d sampled token vectors", spec.factory, len(sample))
-        if progress:
-            progress("train", 0)
-        gpu = train_index(index, sample)
-        del sample
-    train_s = time.perf_counter() - t0
+) -> tuple[dict[str, FileEntry], int]:
+    """Add every shard to ``index`` and write the token store and mapping files.
 
-    t0 = time.perf_counter()
-    writer = TokenStoreWriter(out, store.dim)
+    Returns the written files' entries and the number of parallel groups used.
+    """
+    tokens = Float16StoreWriter(out, store.dim)
+    mapping = DocMappingWriter()
     try:
-        use_parallel = parallel_add is not None and spec.is_ivf and n_groups > 1
+        use_parallel = parallel_add is not None and n_groups > 1
         n_parallel = 1
         if use_parallel:
-            groups = shard_groups(store.shards, n_groups)
+            groups = shard_groups(list(store.shards), n_groups)
             n_parallel = len(groups)
             logger.info("adding %d shards in %d parallel groups", len(store.shards), len(groups))
-            trained = faiss.serialize_index(index).tobytes()
-            collect = parallel_add(trained, groups)
+            collect = parallel_add(faiss.serialize_index(index).tobytes(), groups)
         for info in store.shards:
             shard = store.read(info)
             if not use_parallel:
                 add_float16(index, shard.tokens)
-            writer.append(shard.doc_ids, shard.offsets, shard.tokens)
+            tokens.append(shard.tokens)
+            mapping.append(shard.doc_ids, shard.offsets)
             if progress:
                 progress("add", shard.n_tokens)
             del shard  # before the next read: peak is one shard, not two
         if use_parallel:
             merge_partials(index, collect())
-        small = writer.close()
+        token_entry = tokens.close()
     except BaseException:
-        writer.abort()
+        tokens.abort()
         raise
-    add_s = time.perf_counter() - t0
-    if index.ntotal != store.n_tokens or writer.n_tokens != store.n_tokens:
+    if index.ntotal != store.n_tokens or tokens.n_tokens != store.n_tokens:
         raise RuntimeError(
-            f"index holds {index.ntotal} vectors and the token store {writer.n_tokens}, but "
+            f"index holds {index.ntotal} vectors and the token store {tokens.n_tokens}, but "
             f"the embeddings have {store.n_tokens} tokens"
         )
+    files = {TOKENS: FileEntry(int(token_entry["bytes"]), str(token_entry["sha256"]))}
+    for name, raw in mapping.close().items():
+        write_bytes_atomic(out / name, raw)
+        files[name] = FileEntry(**file_entry(out / name))  # type: ignore[arg-type]
+    return files, n_parallel
+
+
+def _build_local(
+    store: Embeddings,
+    out: Path,
+    spec: IndexSpec,
+    parallel_add: ParallelAdd | None,
+    n_groups: int,
+    progress: Callable[[str, int], None] | None,
+    build: dict[str, Any] | None,
+) -> IndexMeta:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META).unlink(missing_ok=True)  # incomplete until the new meta.json lands
+    index = create_index(spec)
+    t0 = time.perf_counter()
+    gpu = _train(store, spec, index, progress)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    files, n_parallel = _fill(
+        store, out, index, parallel_add if spec.is_ivf else None, n_groups, progress
+    )
+    add_s = time.perf_counter() - t0
     tmp_index = out / f".{INDEX_FILE}.tmp"
     faiss.write_index(index, str(tmp_index))
     tmp_index.replace(out / INDEX_FILE)
-    for name, raw in small.items():
-        (out / name).write_bytes(raw)
-    files = {
-        INDEX_FILE: _file_entry(out / INDEX_FILE),
-        TOKENS: {"bytes": (out / TOKENS).stat().st_size, "sha256": writer.sha256.hexdigest()},
-        OFFSETS: _file_entry(out / OFFSETS),
-        DOC_IDS: _file_entry(out / DOC_IDS),
-    }
+    files = {INDEX_FILE: FileEntry(**file_entry(out / INDEX_FILE)), **files}  # type: ignore[arg-type]
     n = max(store.n_tokens, 1)
-    manifest_raw = store.storage.get(MANIFEST)
-    meta = {
-        "format_version": INDEX_FORMAT_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "type": spec.type,
-        "factory": spec.factory,
-        "metric": "inner_product",
-        "params": spec.to_dict(),
-        "dim": store.dim,
-        "n_tokens": store.n_tokens,
-        "n_docs": store.n_docs,
-        "bytes_per_token": {
-            "index": round(files[INDEX_FILE]["bytes"] / n, 3),
-            "token_store": round(files[TOKENS]["bytes"] / n, 3),
-            "total": round(sum(f["bytes"] for f in files.values()) / n, 3),
+    meta = IndexMeta(
+        type=spec.type,
+        factory=spec.factory,
+        params=spec.to_dict(),
+        build=dict(build or {}),
+        dim=store.dim,
+        n_tokens=store.n_tokens,
+        n_docs=store.n_docs,
+        bytes_per_token={
+            "index": round(files[INDEX_FILE].bytes / n, 3),
+            "token_store": round(files[TOKENS].bytes / n, 3),
+            "total": round(sum(f.bytes for f in files.values()) / n, 3),
         },
-        "train_s": round(train_s, 3),
-        "add_s": round(add_s, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "gpu_training": gpu,
-        "parallel_groups": n_parallel,
-        "faiss_version": faiss.__version__,
-        "source": {
-            "embeddings": str(store.root),
-            "manifest_sha256": hashlib.sha256(manifest_raw).hexdigest(),
-        },
-        "model_fingerprint": store.encoder["fingerprint"],
-        "encoder": store.encoder,
-        "files": files,
-    }
-    from ..atomic import write_json_atomic
-
-    write_json_atomic(out / META, meta)
+        train_s=round(train_s, 3),
+        add_s=round(add_s, 3),
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        gpu_training=gpu,
+        parallel_groups=n_parallel,
+        faiss_version=faiss.__version__,
+        source_embeddings=str(store.root),
+        source_manifest_sha256=store.manifest_sha256,
+        encoder=store.encoder,
+        files=files,
+        created=now_iso(),
+    )
+    write_bytes_atomic(out / META, meta.to_json())
     logger.info(
         "built %s: %d tokens, %.1f bytes/token (index), train %.1fs, add %.1fs",
         spec.factory,
         store.n_tokens,
-        meta["bytes_per_token"]["index"],
+        meta.bytes_per_token["index"],
         train_s,
         add_s,
     )
     return meta
-
-
-def _file_entry(path: Path) -> dict[str, Any]:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
-
-
-def remove_index(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Load an index folder, validating everything before FAISS reads a byte.
 
-A missing, truncated or corrupt file, or a dimension, count or model mismatch, is an
+A missing, truncated or corrupt file, or a dimension or count mismatch, is an
 :class:`IndexLoadError` naming the file and the fix - never a wrong answer, a hang or a
 segfault (FAISS is only handed files whose size and sha256 match ``meta.json``).
 
@@ -11,21 +11,27 @@ store is memory-mapped with numpy.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
-import pyarrow as pa
 
-from ..storage import is_s3, open_storage
-from .build import INDEX_FILE, INDEX_FORMAT_VERSION, META
-from .tokenstore import DOC_IDS, OFFSETS, TOKENS, open_tokens, read_doc_ids, read_offsets
+from ..encoder import EncoderRecord
+from ..storage import is_s3, open_storage, sha256_bytes, sha256_file, write_bytes_atomic
+from ..tokenstore import (
+    DOC_IDS,
+    OFFSETS,
+    TOKENS,
+    DocMapping,
+    MappingError,
+    open_float16,
+    read_doc_ids,
+    read_offsets,
+)
+from .meta import INDEX_FILE, META, FileEntry, IndexLoadError, IndexMeta
 
 logger = logging.getLogger(__name__)
 
@@ -35,48 +41,88 @@ logger = logging.getLogger(__name__)
 _ALWAYS_VERIFIED = frozenset({OFFSETS, DOC_IDS})
 
 
-class IndexLoadError(ValueError):
-    """An index folder is incomplete, damaged or does not match what it is used with."""
-
-
 @dataclass
 class LoadedIndex:
     """A validated index: FAISS index, token store and token -> document mapping."""
 
     folder: Path
-    meta: dict[str, Any]
+    meta: IndexMeta
     index: faiss.Index
     tokens: np.ndarray
-    doc_offsets: np.ndarray
-    doc_ids: list[str]
+    mapping: DocMapping
 
     @property
     def dim(self) -> int:
-        return int(self.meta["dim"])
+        return self.meta.dim
 
     @property
     def n_tokens(self) -> int:
-        return int(self.meta["n_tokens"])
+        return self.meta.n_tokens
 
     @property
     def n_docs(self) -> int:
-        return int(self.meta["n_docs"])
+        return self.meta.n_docs
+
+    @property
+    def doc_offsets(self) -> np.ndarray:
+        return self.mapping.offsets
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return self.mapping.doc_ids
 
     @property
     def model_fingerprint(self) -> str:
-        return str(self.meta["model_fingerprint"])
+        return self.meta.model_fingerprint
+
+    @property
+    def encoder(self) -> EncoderRecord:
+        return self.meta.encoder
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("COLBERT_BATCH_CACHE", "~/.cache/colbert-batch")).expanduser()
 
 
+def read_index_meta(path: str | Path) -> IndexMeta:
+    """The ``meta.json`` of an index folder or ``s3://`` prefix, without loading the index.
+
+    Raises
+    ------
+    IndexLoadError
+        When ``meta.json`` is missing (not a complete index) or invalid.
+    """
+    return read_index_meta_with_sha256(path)[0]
+
+
+def read_index_meta_with_sha256(path: str | Path) -> tuple[IndexMeta, str]:
+    """:func:`read_index_meta` and the sha256 of ``meta.json`` (what a run records as
+    its source: a rebuilt index makes every run of it stale)."""
+    storage = open_storage(path)
+    try:
+        raw = storage.get(META)
+    except FileNotFoundError as exc:
+        raise IndexLoadError(
+            f"{storage.describe(META)} not found: {storage.uri} is not a complete index "
+            "(run `colbert-batch index`)"
+        ) from exc
+    return IndexMeta.from_json(raw, storage.describe(META)), sha256_bytes(raw)
+
+
+def index_exists(path: str | Path) -> bool:
+    """Whether ``path`` holds a complete index (its ``meta.json``)."""
+    return open_storage(path).size(META) is not None
+
+
+def read_index_mapping(path: str | Path, meta: IndexMeta | None = None) -> DocMapping:
+    """The documents of an index (offsets and ids), validated, without the FAISS index."""
+    folder = _local_folder(path, None)
+    meta = meta or read_index_meta(folder)
+    return _read_mapping(folder, meta, verify=True)
+
+
 def load_index(
-    path: str | Path,
-    *,
-    verify: bool = True,
-    expected_fingerprint: str | None = None,
-    cache_dir: Path | None = None,
+    path: str | Path, *, verify: bool = True, cache_dir: Path | None = None
 ) -> LoadedIndex:
     """Open and validate an index folder (or ``s3://`` prefix, downloaded to a cache).
 
@@ -89,122 +135,95 @@ def load_index(
         Sizes are always checked, and so are the checksums of the two small mapping
         files (offsets, document ids): a damaged Parquet footer can make pyarrow allocate
         hundreds of GB, which no exception handler can catch once the kernel kills us.
-    expected_fingerprint
-        The query encoder's model fingerprint; a different one is an error.
+
+    Whether the index's model matches a query encoder is checked where the encoder is
+    loaded (:func:`colbert_core.search.queries.load_query_encoder`).
     """
-    if is_s3(str(path)):
-        folder = _download(str(path), cache_dir or default_cache_dir())
-    else:
-        folder = Path(path)
-    meta = _read_meta(folder)
-    files = meta.get("files", {})
+    folder = _local_folder(path, cache_dir)
+    meta = read_index_meta(folder)
     for name in (INDEX_FILE, TOKENS, OFFSETS, DOC_IDS):
-        entry = files.get(name)
-        if entry is None:
-            raise IndexLoadError(f"{folder / META}: no entry for {name}; rebuild the index")
-        _check_file(folder / name, entry, verify or name in _ALWAYS_VERIFIED)
-    if expected_fingerprint is not None and meta.get("model_fingerprint") != expected_fingerprint:
-        raise IndexLoadError(
-            f"{folder} was built from embeddings of model {meta.get('model_fingerprint')}, "
-            f"but the query encoder is {expected_fingerprint}; use the same checkpoint"
-        )
-    dim, n_tokens, n_docs = int(meta["dim"]), int(meta["n_tokens"]), int(meta["n_docs"])
+        _check_file(folder / name, _entry(meta, folder, name), verify or name in _ALWAYS_VERIFIED)
     try:
         index = faiss.read_index(str(folder / INDEX_FILE))
     except (RuntimeError, MemoryError) as exc:
         raise IndexLoadError(f"{folder / INDEX_FILE}: FAISS cannot read it: {exc}") from exc
-    if index.d != dim or index.ntotal != n_tokens:
+    if index.d != meta.dim or index.ntotal != meta.n_tokens:
         raise IndexLoadError(
             f"{folder / INDEX_FILE}: holds {index.ntotal} vectors of dim {index.d}, "
-            f"meta.json says {n_tokens} of dim {dim}; rebuild the index"
+            f"meta.json says {meta.n_tokens} of dim {meta.dim}; rebuild the index"
         )
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise IndexLoadError(f"{folder / INDEX_FILE}: metric is not inner product")
+    mapping = _parse_mapping(folder, meta)
     try:
-        offsets = read_offsets((folder / OFFSETS).read_bytes())
-    except (ValueError, EOFError, OSError) as exc:  # damaged file loaded with verify=False
-        raise IndexLoadError(f"{folder / OFFSETS}: unreadable ({exc}); rebuild the index") from exc
-    if (
-        offsets.dtype != np.int64
-        or offsets.shape != (n_docs + 1,)
-        or offsets[0] != 0
-        or offsets[-1] != n_tokens
-        or np.any(np.diff(offsets) < 0)
-    ):
-        raise IndexLoadError(
-            f"{folder / OFFSETS}: not {n_docs + 1} non-decreasing int64 offsets from 0 to "
-            f"{n_tokens}; rebuild the index"
-        )
+        tokens = open_float16(folder / TOKENS, meta.n_tokens, meta.dim)
+    except ValueError as exc:
+        raise IndexLoadError(f"{folder / TOKENS}: {exc}; rebuild the index") from exc
+    return LoadedIndex(folder, meta, index, tokens, mapping)
+
+
+def _local_folder(path: str | Path, cache_dir: Path | None) -> Path:
+    if is_s3(str(path)):
+        return _download(str(path), cache_dir or default_cache_dir())
+    return Path(path)
+
+
+def _entry(meta: IndexMeta, folder: Path, name: str) -> FileEntry:
+    entry = meta.files.get(name)
+    if entry is None:
+        raise IndexLoadError(f"{folder / META}: no entry for {name}; rebuild the index")
+    return entry
+
+
+def _read_mapping(folder: Path, meta: IndexMeta, *, verify: bool) -> DocMapping:
+    for name in (OFFSETS, DOC_IDS):
+        _check_file(folder / name, _entry(meta, folder, name), verify or name in _ALWAYS_VERIFIED)
+    return _parse_mapping(folder, meta)
+
+
+def _parse_mapping(folder: Path, meta: IndexMeta) -> DocMapping:
+    """The mapping files (already size- and sha256-checked), validated against ``meta``."""
     try:
-        doc_ids = read_doc_ids((folder / DOC_IDS).read_bytes())
-    except (pa.ArrowException, ValueError, KeyError, OSError) as exc:
-        raise IndexLoadError(f"{folder / DOC_IDS}: unreadable ({exc}); rebuild the index") from exc
-    if len(doc_ids) != n_docs:
-        raise IndexLoadError(f"{folder / DOC_IDS}: {len(doc_ids)} ids for {n_docs} documents")
-    if (folder / TOKENS).stat().st_size != n_tokens * dim * 2:
-        raise IndexLoadError(f"{folder / TOKENS}: size is not {n_tokens} x {dim} x 2 bytes")
-    tokens = open_tokens(folder / TOKENS, n_tokens, dim)
-    return LoadedIndex(folder, meta, index, tokens, offsets, doc_ids)
-
-
-def _read_meta(folder: Path) -> dict[str, Any]:
-    path = folder / META
+        offsets = read_offsets((folder / OFFSETS).read_bytes(), meta.n_docs, meta.n_tokens)
+    except MappingError as exc:
+        raise IndexLoadError(f"{folder / OFFSETS}: {exc}; rebuild the index") from exc
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise IndexLoadError(
-            f"{path} not found: {folder} is not a complete index (run `colbert-batch index`)"
-        ) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexLoadError(f"{path}: invalid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format_version") != INDEX_FORMAT_VERSION:
-        raise IndexLoadError(f"{path}: unsupported index format; rebuild the index")
-    for key in ("dim", "n_tokens", "n_docs", "model_fingerprint", "files"):
-        if key not in meta:
-            raise IndexLoadError(f"{path}: missing {key!r}; rebuild the index")
-    return meta
+        doc_ids = read_doc_ids((folder / DOC_IDS).read_bytes(), meta.n_docs)
+    except MappingError as exc:
+        raise IndexLoadError(f"{folder / DOC_IDS}: {exc}; rebuild the index") from exc
+    return DocMapping(offsets, doc_ids)
 
 
-def _check_file(path: Path, entry: dict[str, Any], verify: bool) -> None:
+def _check_file(path: Path, entry: FileEntry, verify: bool) -> None:
     try:
         size = path.stat().st_size
     except FileNotFoundError as exc:
         raise IndexLoadError(f"missing index file {path}; rebuild the index") from exc
-    if size != entry["bytes"]:
+    if size != entry.bytes:
         raise IndexLoadError(
-            f"{path}: {size} bytes, meta.json says {entry['bytes']} (truncated or replaced); "
+            f"{path}: {size} bytes, meta.json says {entry.bytes} (truncated or replaced); "
             "rebuild the index"
         )
-    if verify and _sha256(path) != entry["sha256"]:
+    if verify and sha256_file(path) != entry.sha256:
         raise IndexLoadError(f"{path}: sha256 differs from meta.json (corrupt); rebuild the index")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _download(uri: str, cache_dir: Path) -> Path:
     """Copy an S3 index into the cache (reusing verified files) and return the folder."""
     storage = open_storage(uri)
-    folder = cache_dir / "indexes" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    folder = cache_dir / "indexes" / sha256_bytes(uri.encode())[:16]
     folder.mkdir(parents=True, exist_ok=True)
     try:
         raw_meta = storage.get(META)
     except FileNotFoundError as exc:
         raise IndexLoadError(f"{storage.describe(META)} not found: not a complete index") from exc
-    meta = json.loads(raw_meta)
-    from ..atomic import write_bytes_atomic
-
-    for name, entry in meta.get("files", {}).items():
+    meta = IndexMeta.from_json(raw_meta, storage.describe(META))
+    for name, entry in meta.files.items():
         local = folder / name
         if (
             local.exists()
-            and local.stat().st_size == entry["bytes"]
-            and (_sha256(local) == entry["sha256"])
+            and local.stat().st_size == entry.bytes
+            and sha256_file(local) == entry.sha256
         ):
             continue
         logger.info("downloading %s", storage.describe(name))

@@ -30,6 +30,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..config import check_choice, check_positive
+from ..errors import ColbertBatchError
+
 IndexType = Literal["flat", "ivfpq", "hnsw", "factory"]
 
 MIN_POINTS_PER_CENTROID = 39
@@ -61,8 +64,42 @@ class IndexSpec:
         return dataclasses.asdict(self)
 
 
-class IndexSpecError(ValueError):
+class IndexSpecError(ColbertBatchError, ValueError):
     """The requested index parameters are inconsistent with the data."""
+
+
+INDEX_TYPES = ("flat", "ivfpq", "hnsw")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """The index options a user asks for (command line or pipeline YAML), before the
+    rules above size them for the data (:meth:`resolve`); recorded in ``meta.json``.
+    """
+
+    type: str = "ivfpq"
+    factory: str | None = None
+    nlist: int | None = None
+    pq_m: int | None = None
+    pq_nbits: int | None = None
+    hnsw_m: int | None = None
+    ef_construction: int | None = None
+    hnsw_storage: str = "flat"
+    train_sample: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice(self, "type", INDEX_TYPES)
+        check_choice(self, "hnsw_storage", ("flat", "sq8"))
+        check_positive(self, "nlist", "pq_m", "pq_nbits", "hnsw_m", "ef_construction")
+        check_positive(self, "train_sample")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def resolve(self, *, n_tokens: int, dim: int) -> IndexSpec:
+        """The :class:`IndexSpec` these options give for ``n_tokens`` vectors of ``dim``."""
+        return resolve_spec(n_tokens=n_tokens, dim=dim, **self.to_dict())
 
 
 def default_nlist(n_tokens: int) -> int:

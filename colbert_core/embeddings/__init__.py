@@ -1,0 +1,49 @@
+"""The encode output (``ROOT``): its manifest, its shards, and the job that writes them.
+
+* :mod:`.config` - :class:`EncodeConfig`, what defines an output;
+* :mod:`.manifest` - :class:`Manifest`, the one owner of ``manifest.json``;
+* :mod:`.shards` - the Parquet shard format;
+* :mod:`.reader` - :class:`Embeddings`, verified reading of a complete output;
+* :mod:`.encode` - the encode engine (shared by the in-process runner and the Ray job).
+"""
+
+from .config import DEFAULT_SHARD_SIZE, EncodeConfig
+from .encode import (
+    EncodeSummary,
+    ManifestBook,
+    ShardTask,
+    encode_shard,
+    iter_shards,
+    open_job_corpus,
+    prepare_output,
+    run_encode,
+)
+from .manifest import MANIFEST, REJECTS, SHARD_DIR, Manifest, ManifestError, ShardInfo, shard_name
+from .reader import Embeddings
+from .shards import ShardData, ShardError, build_shard, read_shard, write_shard
+
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "MANIFEST",
+    "REJECTS",
+    "SHARD_DIR",
+    "Embeddings",
+    "EncodeConfig",
+    "EncodeSummary",
+    "Manifest",
+    "ManifestBook",
+    "ManifestError",
+    "ShardData",
+    "ShardError",
+    "ShardInfo",
+    "ShardTask",
+    "build_shard",
+    "encode_shard",
+    "iter_shards",
+    "open_job_corpus",
+    "prepare_output",
+    "read_shard",
+    "run_encode",
+    "shard_name",
+    "write_shard",
+]

@@ -1,0 +1,75 @@
+"""The settings that define an encode job's output (written into the manifest)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import check_choice, check_positive
+from ..data import OnBadRecord
+
+#: Documents per shard. Small enough that a corpus of a few thousand documents (SciFact's
+#: 5,183) is several shards and every worker gets work; large enough that per-shard
+#: overhead (one Parquet file, one manifest update) stays negligible. Shard ``k`` holds
+#: documents ``[k*N, (k+1)*N)`` whatever the number of workers, so the shards' content
+#: never depends on the cluster.
+DEFAULT_SHARD_SIZE = 1000
+
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncodeConfig:
+    """Everything that determines an encode job's output (written into the manifest).
+
+    Attributes
+    ----------
+    corpus
+        Corpus spec (BEIR folder, ``beir:<name>``, ``irds:<id>``, a JSONL/TSV/Parquet file).
+    model
+        Checkpoint directory or alias.
+    out
+        The output ``ROOT``: a folder or ``s3://bucket/prefix``.
+    shard_size
+        Documents per shard (see :data:`DEFAULT_SHARD_SIZE`).
+    batch_size
+        Documents per forward pass.
+    doc_maxlen
+        Override of the checkpoint's document length.
+    on_bad_record
+        ``error`` (stop at the first bad record) or ``skip`` (into ``rejects.jsonl``).
+    dtype
+        Encoder precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+    """
+
+    corpus: str
+    out: str
+    model: str = "minilm"
+    shard_size: int = DEFAULT_SHARD_SIZE
+    batch_size: int = 32
+    doc_maxlen: int | None = None
+    on_bad_record: str = "error"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_positive(self, "shard_size", "batch_size", "doc_maxlen")
+        check_choice(self, "on_bad_record", [m.value for m in OnBadRecord])
+        check_choice(self, "dtype", DTYPES)
+
+    def output_defining(self) -> dict[str, Any]:
+        """The fields that must match for an existing output to be resumed."""
+        d = dataclasses.asdict(self)
+        d.pop("out")
+        d.pop("batch_size")  # batching does not change the vectors beyond float noise
+        # Shards finished before an `error` stop hold the same documents at the same
+        # positions under `skip`, so switching policy may resume.
+        d.pop("on_bad_record")
+        return d
+
+    def recorded(self) -> dict[str, Any]:
+        """What the manifest records: the output-defining fields and how the job ran."""
+        return self.output_defining() | {
+            "batch_size": self.batch_size,
+            "on_bad_record": self.on_bad_record,
+        }

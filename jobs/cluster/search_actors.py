@@ -1,0 +1,157 @@
+"""Ray search actors: each loads the index, token store and query encoder once, then
+answers batches of queries; the driver merges the batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from colbert_core.data import Query
+from colbert_core.search import Ranked, SearchParams
+
+from .actor_pool import run_items, started_descriptions
+from .runtime import Placement
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueryBatch:
+    batch_id: int
+    queries: tuple[Query, ...]
+
+
+@dataclass
+class QueryAnswer:
+    """One query's answer from a search actor."""
+
+    query_id: str
+    ranked: Ranked
+    candidates: list[str]
+    truncated_tokens: int
+    timings: dict[str, float]
+    worker: int = 0
+
+
+@dataclass
+class PoolResult:
+    """Every query's answer, the actors' settings and who answered how many."""
+
+    answers: dict[str, QueryAnswer]
+    params: SearchParams
+    encoder: dict[str, Any]
+    per_worker: dict[str, int] = field(default_factory=dict)
+
+
+class SearchWorker:
+    """Loads in :meth:`start` (typed errors reach the driver; see ``EncoderWorker``)."""
+
+    def __init__(
+        self, index: str, model: str | None, params: SearchParams, torch_threads: int | None
+    ):
+        self.index_path = index
+        self.model = model
+        self.requested = params
+        self.torch_threads = torch_threads
+        self.loaded: Any = None
+
+    def start(self) -> dict[str, Any]:
+        """Load the index and the query encoder it needs (checked), once; describe them."""
+        if self.loaded is None:
+            from colbert_core.index import load_index
+            from colbert_core.search import CandidateScorer, default_params, load_query_encoder
+
+            from .worker import start_worker_process
+
+            start_worker_process(self.torch_threads)
+            loaded = load_index(self.index_path)
+            self.encoder = load_query_encoder(loaded.meta.encoder, self.model)
+            self.params = default_params(loaded.meta, self.requested)
+            self.scorer = CandidateScorer()  # buffers reused by every batch of this actor
+            self.loaded = loaded
+        return {
+            "fingerprint": self.encoder.fingerprint,
+            "pid": os.getpid(),
+            "params": dataclasses.asdict(self.params),
+            "encoder": self.encoder.describe().to_dict(),
+        }
+
+    def search(self, batch: QueryBatch) -> list[QueryAnswer]:
+        from colbert_core.search import encode_queries, ranked_list, search
+
+        self.start()
+        encoded = encode_queries(self.encoder, batch.queries)
+        enc_each = encoded.seconds / max(1, len(batch.queries))
+        ids = self.loaded.doc_ids
+        results = search(self.loaded, encoded.vectors, self.params, self.scorer)
+        return [
+            QueryAnswer(
+                query_id=q.query_id,
+                ranked=ranked_list(r.doc_index, r.scores, ids),
+                candidates=[ids[d] for d in r.candidates],
+                truncated_tokens=encoded.truncated.get(q.query_id, 0),
+                timings={"query_encoding_s": enc_each, **r.timings},
+                worker=os.getpid(),
+            )
+            for q, r in zip(batch.queries, results, strict=True)
+        ]
+
+
+def search_with_pool(
+    index: str,
+    model: str | None,
+    params: SearchParams,
+    queries: list[Query],
+    placement: Placement,
+    *,
+    batch_size: int,
+    max_retries: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> PoolResult:
+    """Answer every query exactly once on a pool of search actors."""
+    import ray
+
+    actor_cls = ray.remote(SearchWorker).options(
+        num_cpus=placement.num_cpus, max_restarts=0, max_task_retries=0
+    )
+    batches = [
+        QueryBatch(i // batch_size, tuple(queries[i : i + batch_size]))
+        for i in range(0, len(queries), batch_size)
+    ]
+    answers: dict[str, QueryAnswer] = {}
+    per_worker: dict[str, int] = {}
+    info: dict[str, Any] = {}
+
+    def started(actors: list[Any]) -> None:
+        descriptions = started_descriptions(actors, "search")
+        info.update(descriptions[0])
+        if len({d["fingerprint"] for d in descriptions}) != 1:
+            raise RuntimeError("search workers loaded different query encoders")
+
+    def done(batch: QueryBatch, rows: list[QueryAnswer]) -> None:
+        for row in rows:
+            if row.query_id in answers:  # pragma: no cover - guarded by the pool
+                raise RuntimeError(f"query {row.query_id} answered twice")
+            answers[row.query_id] = row
+            per_worker[str(row.worker)] = per_worker.get(str(row.worker), 0) + 1
+        if on_batch is not None:
+            on_batch(len(rows))
+
+    run_items(
+        lambda: actor_cls.remote(index, model, params, placement.torch_threads),
+        placement.workers,
+        "search",
+        batches,
+        describe=lambda b: (
+            f"query batch {b.batch_id} ({len(b.queries)} queries, first {b.queries[0].query_id!r})"
+        ),
+        on_result=done,
+        max_retries=max_retries,
+        check_started=started,
+    )
+    resolved = SearchParams(**info["params"])
+    return PoolResult(answers, resolved, info["encoder"], per_worker)

@@ -1,0 +1,212 @@
+"""`colbert-batch encode`: corpus -> token-embedding shards + manifest, on Ray actors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from colbert_core.data import open_corpus
+from colbert_core.embeddings import (
+    DEFAULT_SHARD_SIZE,
+    EncodeConfig,
+    Manifest,
+    ManifestBook,
+    ManifestError,
+    ShardTask,
+    iter_shards,
+    open_job_corpus,
+    prepare_output,
+)
+from colbert_core.encoder import EncoderRecord
+from colbert_core.storage import open_storage
+
+from ..cluster import ClusterOptions, connect, place
+from ..cluster.encode_actors import run_pool
+from ..console import print_json, progress_bar
+
+logger = logging.getLogger(__name__)
+
+HELP = "encode a corpus into token-embedding shards"
+
+
+@dataclass(frozen=True)
+class Config:
+    """An encode job: what defines the output, where it runs, whether to replace."""
+
+    encode: EncodeConfig
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    overwrite: bool = False
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--corpus",
+        required=True,
+        help="BEIR folder, beir:<name>, irds:<id>, or a .jsonl/.tsv/.parquet file",
+    )
+    p.add_argument(
+        "--model",
+        help="checkpoint directory or alias (default: minilm, the packaged "
+        "all-MiniLM-L6-v2); must exist on every worker node",
+    )
+    p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix (ROOT)")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        help=f"documents per shard (default {DEFAULT_SHARD_SIZE}: several shards even for "
+        "small corpora, so every worker gets work; shard k holds documents [k*N, (k+1)*N) "
+        "whatever the number of workers)",
+    )
+    add_cluster_arguments(p, gpus=True)
+    p.add_argument("--batch-size", type=int, help="documents per forward pass (default 32)")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="encoder precision (auto: fp32 on CPU, bf16/fp16 on GPU; bf16 on CPUs with AMX "
+        "is ~2.5x faster)",
+    )
+    p.add_argument("--doc-maxlen", type=int, help="override the checkpoint's document length")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output made with another model or config",
+    )
+    p.add_argument(
+        "--on-bad-record",
+        choices=["error", "skip"],
+        help="stop at a bad record (default) or skip it into rejects.jsonl",
+    )
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser, *, gpus: bool) -> None:
+    """The Ray options shared by the commands that run actors."""
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="Ray actors (default: one per GPU" + (", else one per CPU)" if gpus else ")"),
+    )
+    if gpus:
+        p.add_argument(
+            "--gpus-per-worker",
+            type=float,
+            help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)",
+        )
+    p.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        help="CPUs per actor (default: (cluster CPUs - 0.5) / workers)",
+    )
+    p.add_argument(
+        "--threads-per-worker",
+        type=int,
+        help="torch threads per CPU actor (default 1; results are bit-identical for any "
+        "--workers at the same value)",
+    )
+    p.add_argument(
+        "--max-retries", type=int, help="retries of a failed item before the job fails (3)"
+    )
+    p.add_argument(
+        "--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local one)"
+    )
+
+
+def run(config: Config) -> Manifest:
+    """Encode the corpus on Ray actors; returns the complete manifest."""
+    job = config.encode
+    placement = place(config.cluster, connect(config.cluster.ray_address), use_gpus=True)
+    logger.info(
+        "encoding %s -> %s with %d worker(s) (%.2g CPU, %.2g GPU, %s torch threads each)",
+        job.corpus,
+        job.out,
+        placement.workers,
+        placement.num_cpus,
+        placement.num_gpus,
+        placement.torch_threads or "default",
+    )
+    driver = _Driver(job, config.overwrite)
+    corpus, rejects = open_job_corpus(job)
+    total = open_corpus(job.corpus).estimate_count()
+    with progress_bar(total, "encode") as bar:
+        driver.bar = bar
+        stats = run_pool(
+            job,
+            placement,
+            driver.tasks(iter_shards(corpus, job.shard_size)),
+            max_retries=config.cluster.max_retries,
+            on_done=lambda info: driver.book.record(info),
+            on_progress=driver.progress,
+            on_started=driver.started,
+        )
+    driver.book.summary.workers = _worker_summary(stats)
+    return driver.book.finish(rejects)
+
+
+class _Driver:
+    """The driver's side of an encode job: resume decisions, skipping, progress."""
+
+    def __init__(self, job: EncodeConfig, overwrite: bool):
+        self.job = job
+        self.overwrite = overwrite
+        self.storage = open_storage(job.out)
+        self.book: ManifestBook | None = None  # type: ignore[assignment]
+        self.bar: Any = None
+        self.skipped_docs = 0
+        self.skipped_tokens = 0
+
+    def started(self, record: EncoderRecord) -> None:
+        # Every worker must load the same model: the first one fixes the fingerprint and
+        # decides whether the existing output can be resumed.
+        if self.book is None:
+            kept = prepare_output(
+                self.job, record.fingerprint, self.storage, overwrite=self.overwrite
+            )
+            self.book = ManifestBook(self.job, record, self.storage, kept)
+            self.book.write(complete=False)
+        elif record.fingerprint != self.book.encoder.fingerprint:
+            raise ManifestError(
+                "encoder workers loaded different model files (fingerprints "
+                f"{self.book.encoder.fingerprint} vs {record.fingerprint}); "
+                "make the model directory identical on every node"
+            )
+
+    def tasks(self, shards: Iterator[ShardTask]) -> Iterator[ShardTask]:
+        for task in shards:
+            if self.book.can_skip(task):
+                self.book.skipped(task)
+                info = self.book.kept[task.shard_id]
+                self.skipped_docs += info.n_docs
+                self.skipped_tokens += info.n_tokens
+                continue
+            yield task
+
+    def progress(self, docs: int, tokens: int) -> None:
+        docs += self.skipped_docs
+        tokens += self.skipped_tokens
+        elapsed = self.bar.format_dict.get("elapsed") or 0.0
+        self.bar.set_postfix(
+            tokens=f"{tokens:,}",
+            tok_s=f"{tokens / elapsed:,.0f}" if elapsed else "-",
+            refresh=False,
+        )
+        self.bar.update(docs - self.bar.n)
+
+
+def _worker_summary(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        pid: {
+            "shards": s["shards"],
+            "docs": s["docs"],
+            "tokens": s["tokens"],
+            "busy_s": round(s["busy_s"], 2),
+            "docs_per_s": round(s["docs"] / s["busy_s"], 2) if s["busy_s"] else None,
+            "tokens_per_s": round(s["tokens"] / s["busy_s"], 1) if s["busy_s"] else None,
+        }
+        for pid, s in stats.items()
+    }
+
+
+def report(config: Config, manifest: Manifest) -> None:
+    print_json({"out": config.encode.out, **manifest.totals(), **manifest.summary})
