@@ -293,6 +293,8 @@ def _s3_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seawee
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
         for name, value in server.env.items():
             mp.setenv(name, value)
+        # Indexes read from S3 are cached per node; keep the tests' cache out of $HOME.
+        mp.setenv("COLBERT_BATCH_CACHE", str(server.workdir / "cache"))
         try:
             yield server
         finally:

@@ -239,3 +239,70 @@ def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
     )
     err = capsys.readouterr().err
     assert "not a local directory" in err and "Stanford ColBERT" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "reason"),
+    [
+        ("", [], "holds no document to encode"),
+        ("\n\n", [], "holds no document to encode"),
+        ('{"text": "no id"}\n{"_id": "x"}\n', ["--on-bad-record", "skip"], "2 bad records"),
+    ],
+)
+def test_empty_corpus_is_refused(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str,
+    extra: list[str],
+    reason: str,
+) -> None:
+    """A corpus with nothing to encode never becomes a 'complete' output of 0 documents
+    (whose exact search then reported nDCG@10 0.0000 with exit 0)."""
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(content, encoding="utf-8")
+    out = tmp_path / "root"
+    assert main(["encode", "--corpus", str(corpus), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"the corpus {corpus} holds no document to encode" in err and reason in err
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
+
+
+def test_ids_that_cannot_be_written_fail_at_read_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An id with whitespace is a bad record when the corpus is read (file:line), not a
+    RunFormatError after a whole search."""
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(
+        '{"_id": "ok", "text": "fine"}\n{"_id": "foldoc:peano arithmetic:0", "text": "x"}\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "root"
+    assert main(["encode", "--corpus", str(corpus), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{corpus}:2: document id 'foldoc:peano arithmetic:0'" in err
+    assert (
+        main(["encode", "--corpus", str(corpus), "--out", str(out), "--on-bad-record", "skip"]) == 0
+    )
+    rejects = (out / "rejects.jsonl").read_text()
+    assert "foldoc:peano arithmetic:0" in rejects
+    queries = tmp_path / "queries.tsv"
+    queries.write_text("q 1\tfine\n")
+    argv = ["search", "--exact", "--embeddings", str(out), "--queries", str(queries)]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    assert f"{queries}:1: query id 'q 1' in column 1 contains whitespace" in capsys.readouterr().err
+
+
+def test_encode_progress_shows_total_rate_and_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CI", raising=False)  # bars are off under CI without a terminal
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"_id": f"d{i}", "text": f"document {i}"}) + "\n" for i in range(7)),
+        encoding="utf-8",
+    )
+    argv = ["encode", "--corpus", str(corpus), "--out", str(tmp_path / "root")]
+    assert main([*argv, "--shard-size", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "7/7" in err and "doc/s" in err and "tok_s=" in err and "tokens=" in err

@@ -9,6 +9,7 @@ import pytest
 
 from colbert_core.data import (
     BadRecordError,
+    DataSourceError,
     Document,
     OnBadRecord,
     Query,
@@ -71,6 +72,25 @@ CASES = {
         "got 1",
     ),
     "gzip_jsonl": ("corpus.jsonl.gz", GOOD + b"{oops\n", 2, "malformed JSON"),
+    # Ids are written to whitespace-separated runs: refused when read, not after the work.
+    "id_with_space": (
+        "corpus.jsonl",
+        GOOD + b'{"_id": "foldoc:peano arithmetic:0", "text": "x"}\n',
+        2,
+        "document id 'foldoc:peano arithmetic:0' in field '_id' contains whitespace",
+    ),
+    "id_with_tab_in_json": (
+        "corpus.jsonl",
+        GOOD + b'{"_id": "a\\tb", "text": "x"}\n',
+        2,
+        "contains whitespace",
+    ),
+    "tsv_id_with_space": (
+        "collection.tsv",
+        b"1\tone\nd 2\ttwo\n",
+        2,
+        "document id 'd 2' in column 1 contains whitespace",
+    ),
 }
 
 
@@ -193,3 +213,56 @@ def test_beir_folder_bad_qrels_line_names_split_file(tmp_path: Path) -> None:
     (folder / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\nq\tok1\n")
     with pytest.raises(BadRecordError, match=r"qrels/test\.tsv:2: "):
         load_queries(str(folder))
+
+
+def test_query_ids_with_whitespace_are_bad_records(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path, "queries.jsonl", b'{"_id": "q 1", "text": "one"}\n{"_id": "q2", "text": "x"}\n'
+    )
+    with pytest.raises(BadRecordError, match=r"queries\.jsonl:1: query id 'q 1' .* whitespace"):
+        load_queries(str(path))
+    rejects = RejectLog()
+    assert load_queries(str(path), on_bad_record="skip", rejects=rejects) == [Query("q2", "x")]
+    assert [r.line for r in rejects.records] == [1]
+    tsv = _write(tmp_path, "queries.tsv", "q\u00a01\tone\n".encode())  # no-break space
+    with pytest.raises(BadRecordError, match="contains whitespace"):
+        load_queries(str(tsv))
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_truncated_gzip_is_an_error_naming_the_file_under_any_policy(
+    tmp_path: Path, policy: str
+) -> None:
+    from test_cli_errors import truncated_gzip_corpus
+
+    path = tmp_path / "corpus.jsonl.gz"
+    path.write_bytes(truncated_gzip_corpus())
+    with pytest.raises(DataSourceError) as info:
+        list(open_corpus(str(path), on_bad_record=policy))
+    assert str(info.value).startswith(f"{path}: the compressed file is truncated or corrupt")
+    assert "download or copy it again" in str(info.value)
+    with pytest.raises(DataSourceError):
+        open_corpus(str(path)).estimate_count()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("c.jsonl", GOOD * 3, 3),
+        ("c.jsonl", GOOD * 2 + GOOD[:-1], 3),  # no newline at the end
+        ("c.jsonl.gz", GOOD * 5, 5),
+        ("c.tsv", b"1\tone\n2\ttwo\n", 2),
+        ("empty.jsonl", b"", 0),
+    ],
+)
+def test_corpus_size_estimate(tmp_path: Path, name: str, content: bytes, expected: int) -> None:
+    assert open_corpus(str(_write(tmp_path, name, content))).estimate_count() == expected
+
+
+def test_parquet_corpus_size_comes_from_the_footer(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"_id": ["a", "b"], "text": ["x", "y"]}), path)
+    assert open_corpus(str(path)).estimate_count() == 2

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,94 @@ def test_pipeline_config_errors_name_the_file(tmp_path: Path, capsys) -> None:
     cfg.write_text("dataset: x\nsearh: {}\n", encoding="utf-8")
     assert main(["pipeline", str(cfg)]) == 2
     assert f"{cfg}: unknown keys ['searh']" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_beir(scifact_subset: Path, tmp_path: Path) -> Path:
+    """The subset's queries and qrels over only its first 40 documents (fast to encode)."""
+    out = tmp_path / "tiny-beir"
+    shutil.copytree(scifact_subset, out)
+    lines = (scifact_subset / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:40]
+    (out / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def test_pipeline_reencodes_when_an_encode_setting_changes(
+    tiny_beir: Path, ray_address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Changing encode.dtype must not reuse fp32 shards (the old completeness rule missed
+    dtype); the index and the run, built from the old embeddings, follow."""
+    cfg = tmp_path / "p.yaml"
+    out = tmp_path / "out"
+
+    def write(dtype: str) -> None:
+        cfg.write_text(
+            f"dataset: {tiny_beir}\nout: {out}\n"
+            f"encode: {{shard_size: 16, doc_maxlen: 32, workers: 1, dtype: {dtype}}}\n"
+            "index: {type: flat}\nsearch: {k: 10, workers: 1}\n",
+            encoding="utf-8",
+        )
+
+    write("fp32")
+    assert main(["pipeline", str(cfg), "--ray-address", ray_address]) == 0
+    capsys.readouterr()
+    write("bf16")
+    assert main(["pipeline", str(cfg), "--ray-address", ray_address]) == 0
+    err = capsys.readouterr().err
+    assert "settings changed {'dtype': ('fp32', 'bf16')}" in err
+    assert "is complete, skipping" not in err  # index and search were rebuilt too
+    manifest = json.loads((out / "embeddings" / "manifest.json").read_text())
+    assert manifest["config"]["dtype"] == "bf16" and manifest["complete"] is True
+    assert manifest["encoder"]["dtype"] == "bfloat16"
+    index_meta = json.loads((out / "index-flat" / "meta.json").read_text())
+    sha = hashlib.sha256((out / "embeddings" / "manifest.json").read_bytes()).hexdigest()
+    assert index_meta["source"]["manifest_sha256"] == sha
+    # The judged documents cut from the corpus are reported, not silently scored.
+    metrics = json.loads((out / "run-flat" / "metrics.json").read_text())
+    assert metrics["qrels_not_in_corpus"]["count"] > 0
+
+
+def test_pipeline_unknown_key_in_a_section_names_file_section_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text("dataset: x\nencode: {shard_sise: 100}\n", encoding="utf-8")
+    assert main(["pipeline", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: unknown key(s) shard_sise in section `encode`; allowed: " in err
+    assert "shard_size" in err.split("allowed:")[1]
+    assert "--shard-sise" not in err
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("encode: {shard_size: ten}", "encode: shard_size must be an integer, got 'ten'"),
+        ("search: {k: 0}", "search: k must be positive, got 0"),
+        ("search: {memory_budget_mb: -1}", "search: memory_budget_mb must be positive, got -1"),
+        ("index: {type: ivf}", "index: type must be one of flat, ivfpq, hnsw, got 'ivf'"),
+        ("search: {index: elsewhere}", "unknown key(s) index in section `search`"),
+    ],
+)
+def test_pipeline_invalid_values_name_file_section_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, message: str
+) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"dataset: x\n{section}\n", encoding="utf-8")
+    assert main(["pipeline", str(cfg)]) == 2
+    assert f"{cfg}: {message}" in capsys.readouterr().err
+
+
+def test_demo_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The YAML `make demo` runs is valid and means what the README says."""
+    from jobs.commands.pipeline import load_stages
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    stages = load_stages("jobs/configs/scifact-demo.yaml")
+    assert stages.encode.encode.corpus == "beir:scifact"
+    assert (stages.encode.encode.shard_size, stages.encode.encode.doc_maxlen) == (1000, 256)
+    assert stages.index.index.type == "ivfpq"
+    assert stages.search.index == stages.index.out == str(Path("out/demo/index-ivfpq"))
+    assert (stages.search.params.k, stages.search.params.k_prime) == (100, 64)
+    assert stages.search.params.max_candidates == 256
+    assert stages.search.query_set.qrels_source == "beir:scifact"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -242,3 +243,46 @@ def test_empty_and_overlong_queries_are_reported(
         line.split()[0] for line in (tmp_path / "run" / "run.trec").read_text().splitlines()
     }
     assert answered == {"q-ok", "q-empty", "q-long"}
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MiniLM's files with one config entry added: it loads and has the same dimension,
+    but it is not the model that encoded the documents (another fingerprint)."""
+    from colbert_core.encoder import resolve_model_path
+
+    dst = tmp_path_factory.mktemp("other-model") / "minilm-other"
+    shutil.copytree(resolve_model_path("minilm"), dst)
+    config = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps(config | {"colbert_batch_test": "other"}))
+    return dst
+
+
+@pytest.mark.parametrize("mode", ["index", "exact", "rerank"])
+def test_query_encoder_of_another_model_is_refused(
+    indexed,
+    other_model: Path,
+    scifact_subset: Path,
+    ray_address: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mode: str,
+) -> None:
+    """Every search path checks the query encoder against the artifact's model (index
+    search used to search silently with the other model's queries)."""
+    common = ["--queries", str(scifact_subset), "--out", str(tmp_path / "run")]
+    common += ["--model", str(other_model)]
+    run = tmp_path / "given.trec"
+    run.write_text("1 Q0 31715818 1 1.0 x\n")
+    argv = {
+        "index": ["search", "--index", str(indexed["flat"]), "--workers", "1"],
+        "exact": ["search", "--exact", "--embeddings", str(indexed["emb"])],
+        "rerank": ["rerank", "--index", str(indexed["flat"]), "--run", str(run)],
+    }[mode]
+    if mode == "index":
+        argv += ["--ray-address", ray_address]
+    assert main([*argv, *common]) == 2
+    err = capsys.readouterr().err
+    assert "is not the model that encoded the documents" in err
+    assert str(other_model) in err and "--model" in err
+    assert not (tmp_path / "run" / "run.trec").exists()

@@ -21,7 +21,7 @@ from typing import Any
 
 from ir_measures import ScoredDoc
 
-from ..data import Qrel, RejectLog
+from ..data import LoadedQueries, Qrel
 from ..errors import ColbertBatchError
 from ..storage import Storage, open_storage
 from .measures import Evaluation, evaluate, per_query_parquet
@@ -140,9 +140,8 @@ def write_run_folder(
     metrics: RunMetrics,
     *,
     tag: str,
-    qrels: Sequence[Qrel] | None = None,
+    queries: LoadedQueries | None = None,
     measures: Sequence[str] = (),
-    rejects: RejectLog | None = None,
     collection: Set[str] | None = None,
 ) -> tuple[RunMetrics, Evaluation | None]:
     """Write ``run.trec``, then (with qrels) ``per_query.parquet``, then ``metrics.json``.
@@ -155,6 +154,8 @@ def write_run_folder(
         Query id -> ``(doc_id, score)`` best first.
     metrics
         What the caller knows (params, source, timings, ...); the evaluation is added.
+    queries
+        The run's queries: their qrels evaluate it, their rejects are written beside it.
     collection
         Every document id that could have been retrieved: judged documents outside it are
         counted in ``qrels_not_in_corpus`` and logged.
@@ -167,9 +168,11 @@ def write_run_folder(
     storage.delete(METRICS)  # incomplete until the new metrics.json lands
     text, _ = format_trec_run(ranked, tag=tag)
     storage.put(RUN_FILE, text.encode("utf-8"))
+    rejects = queries.rejects if queries is not None else None
     metrics.query_rejects = len(rejects) if rejects else 0
     if rejects:
         storage.put(QUERY_REJECTS, rejects.to_jsonl().encode("utf-8"))
+    qrels = queries.qrels if queries is not None else None
     metrics.queries = len(ranked)
     ev = None
     if qrels is not None:

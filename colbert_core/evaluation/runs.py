@@ -114,6 +114,8 @@ def read_trec_run(path: str | Path) -> list[ScoredDoc]:
     path = Path(path)
     out: list[ScoredDoc] = []
     checker = RunChecker()
+    if not path.is_file():
+        raise RunFormatError(f"run file {path} not found; pass the path of a TREC run")
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             where = f"{path}:{lineno}"

@@ -12,7 +12,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from colbert_core.errors import ColbertBatchError
@@ -64,10 +65,19 @@ def started_descriptions(actors: list[Any], what: str) -> list[Any]:
     if failure is None:
         return results
     if is_user_error(failure):
-        raise WorkerStartError(
-            f"{what} workers failed to start: {short(cause_of(failure))}"
-        ) from failure
+        cause = cause_of(failure)
+        # The whole message: it names the file or setting to fix.
+        reason = f"{type(cause).__name__}: {cause}" if cause is not failure else short(failure)
+        raise WorkerStartError(f"{what} workers failed to start: {reason}") from failure
     raise failure
+
+
+@dataclass
+class PoolStats:
+    """What happened in a pool: retried items and replaced (dead) actors."""
+
+    retries: int = 0
+    replaced: int = 0
 
 
 def run_items(
@@ -82,7 +92,7 @@ def run_items(
     depth: int = 2,
     on_tick: Callable[[], None] | None = None,
     check_started: Callable[[list[Any]], None] | None = None,
-) -> None:
+) -> PoolStats:
     """Call ``actor.<method>(item)`` for every item on a pool of ``n_actors`` actors.
 
     ``on_result(item, result)`` runs in the driver once per item, in completion order.
@@ -93,80 +103,128 @@ def run_items(
     second; ``check_started(actors)`` once all actors are up (e.g. to compare the models
     they loaded).
     """
-    import ray
-    from ray.exceptions import RayActorError, RayError
-
-    actors = [new_actor() for _ in range(n_actors)]
-    if check_started is not None:
-        check_started(actors)
-    load = {a: 0 for a in actors}
-    pending: dict[Any, tuple[Any, Any, int, Any]] = {}
-    retry: deque[tuple[Any, Any, int]] = deque()
-    item_iter = iter(items)
-    exhausted = False
-    last_tick = 0.0
-
-    def submit(ref: Any, item: Any, attempt: int) -> bool:
-        free = [a for a in actors if load[a] < depth]
-        if not free:
-            return False
-        actor = min(free, key=lambda a: load[a])
-        load[actor] += 1
-        pending[getattr(actor, method).remote(ref)] = (actor, item, attempt, ref)
-        return True
-
+    pool = _Pool(new_actor, method, describe, max_retries, depth)
     try:
+        pool.start(n_actors, check_started)
+        pool.run(iter(items), on_result, on_tick)
+    finally:
+        pool.close()
+    return pool.stats
+
+
+class _Pool:
+    """The state of :func:`run_items`: actors, their queue depth, items in flight."""
+
+    def __init__(
+        self,
+        new_actor: Callable[[], Any],
+        method: str,
+        describe: Callable[[Any], str],
+        max_retries: int,
+        depth: int,
+    ):
+        self.new_actor = new_actor
+        self.method = method
+        self.describe = describe
+        self.max_retries = max_retries
+        self.depth = depth
+        self.load: dict[Any, int] = {}  # actor -> items queued on it
+        self.pending: dict[Any, tuple[Any, Any, int, Any]] = {}  # ref -> actor, item, try, arg
+        self.retry: deque[tuple[Any, Any, int]] = deque()
+        self.stats = PoolStats()
+
+    def start(self, n_actors: int, check_started: Callable[[list[Any]], None] | None) -> None:
+        for _ in range(n_actors):
+            self.load[self.new_actor()] = 0
+        if check_started is not None:
+            check_started(list(self.load))
+
+    def run(
+        self,
+        items: Iterator[Any],
+        on_result: Callable[[Any, Any], None],
+        on_tick: Callable[[], None] | None,
+    ) -> None:
+        import ray
+
+        exhausted, last_tick = False, 0.0
         while True:
-            while retry and submit(*retry[0]):
-                retry.popleft()
-            while not exhausted and not retry and any(load[a] < depth for a in actors):
-                item = next(item_iter, None)
+            while self.retry and self.submit(*self.retry[0]):
+                self.retry.popleft()
+            while not exhausted and not self.retry and self.has_room():
+                item = next(items, None)
                 if item is None:
                     exhausted = True
                     break
-                submit(ray.put(item), item, 1)
-            if not pending and not retry:
-                break
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                self.submit(ray.put(item), item, 1)
+            if not self.pending and not self.retry:
+                return
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0)
             if on_tick is not None and time.monotonic() - last_tick > 1.0:
                 on_tick()
                 last_tick = time.monotonic()
             for ref in ready:
-                actor, item, attempt, item_ref = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except RayError as exc:
-                    dead = isinstance(exc, RayActorError)
-                    if dead and actor in load:
-                        # Its other queued items fail too; replace it once, here.
-                        del load[actor]
-                        actors.remove(actor)
-                        ray.kill(actor, no_restart=True)
-                        replacement = new_actor()
-                        actors.append(replacement)
-                        load[replacement] = 0
-                    elif not dead and actor in load:
-                        load[actor] -= 1
-                    if attempt > max_retries:
-                        message = f"{describe(item)} failed {attempt} times; last error: "
-                        if not is_user_error(exc):
-                            raise RuntimeError(message + short(cause_of(exc))) from exc
-                        raise ItemFailedError(message + short(cause_of(exc))) from exc
-                    logger.warning(
-                        "%s failed on attempt %d (%s); retrying%s",
-                        describe(item),
-                        attempt,
-                        short(exc),
-                        " on a new worker" if dead else "",
-                    )
-                    retry.append((item_ref, item, attempt + 1))
-                    continue
-                load[actor] -= 1
-                on_result(item, result)
-    finally:
-        for a in actors:
+                self.collect(ref, on_result)
+
+    def has_room(self) -> bool:
+        return any(n < self.depth for n in self.load.values())
+
+    def submit(self, ref: Any, item: Any, attempt: int) -> bool:
+        free = [a for a, n in self.load.items() if n < self.depth]
+        if not free:
+            return False
+        actor = min(free, key=lambda a: self.load[a])
+        self.load[actor] += 1
+        self.pending[getattr(actor, self.method).remote(ref)] = (actor, item, attempt, ref)
+        return True
+
+    def collect(self, ref: Any, on_result: Callable[[Any, Any], None]) -> None:
+        import ray
+        from ray.exceptions import RayError
+
+        actor, item, attempt, item_ref = self.pending.pop(ref)
+        try:
+            result = ray.get(ref)
+        except RayError as exc:
+            self.failed(actor, item, attempt, item_ref, exc)
+            return
+        self.load[actor] -= 1
+        on_result(item, result)
+
+    def failed(self, actor: Any, item: Any, attempt: int, item_ref: Any, exc: Exception) -> None:
+        import ray
+        from ray.exceptions import RayActorError
+
+        dead = isinstance(exc, RayActorError)
+        if dead and actor in self.load:
+            # Its other queued items fail too; replace it once, here.
+            del self.load[actor]
+            ray.kill(actor, no_restart=True)
+            self.load[self.new_actor()] = 0
+            self.stats.replaced += 1
+        elif not dead and actor in self.load:
+            self.load[actor] -= 1
+        if attempt > self.max_retries:
+            message = f"{self.describe(item)} failed {attempt} times; last error: "
+            if not is_user_error(exc):
+                raise RuntimeError(message + short(cause_of(exc))) from exc
+            raise ItemFailedError(message + short(cause_of(exc))) from exc
+        logger.warning(
+            "%s failed on attempt %d (%s); retrying%s",
+            self.describe(item),
+            attempt,
+            short(exc),
+            " on a new worker" if dead else "",
+        )
+        self.stats.retries += 1
+        self.retry.append((item_ref, item, attempt + 1))
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.load:
             with contextlib.suppress(Exception):
-                ray.kill(a, no_restart=True)
+                ray.kill(actor, no_restart=True)
 
 
 def short(exc: BaseException) -> str:

@@ -67,9 +67,8 @@ def run(config: Config) -> RunMetrics:
         ranked,
         metrics,
         tag="bm25",
-        qrels=loaded.qrels,
+        queries=loaded,
         measures=config.measures,
-        rejects=loaded.rejects,
         collection=set(doc_ids),
     )
     return metrics

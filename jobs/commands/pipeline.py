@@ -23,6 +23,7 @@ Example (every key but ``dataset``, or ``corpus`` + ``queries``, is optional)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,11 +176,17 @@ def run(config: Config) -> Stages:
 
 def _encode_stage(job: encode.Config, force: bool) -> None:
     manifest = Manifest.find(job.encode.out)
-    if force or manifest is None or not manifest.is_complete_for(job.encode):
-        logger.info("stage encode -> %s", job.encode.out)
-        encode.report(job, encode.run(job))
-    else:
+    if not force and manifest is not None and manifest.is_complete_for(job.encode):
         logger.info("stage encode: %s is complete, skipping", job.encode.out)
+        return
+    changed = manifest.config_differences(job.encode) if manifest is not None else {}
+    if changed:
+        # The pipeline owns its output folder: new settings replace the old embeddings
+        # (an unchanged, unfinished output is resumed instead).
+        logger.info("stage encode: settings changed %s (old, new): re-encoding", changed)
+        job = dataclasses.replace(job, overwrite=True)
+    logger.info("stage encode -> %s", job.encode.out)
+    encode.report(job, encode.run(job))
 
 
 def _index_stage(job: index.Config, force: bool) -> None:

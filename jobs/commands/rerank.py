@@ -108,9 +108,8 @@ def run(config: Config) -> RunMetrics:
         ranked,
         metrics,
         tag="colbert-rerank",
-        qrels=loaded.qrels,
+        queries=loaded,
         measures=config.measures,
-        rejects=loaded.rejects,
         collection=collection,
     )
     return metrics

@@ -140,9 +140,8 @@ def run(config: Config) -> RunMetrics:
         ranked,
         metrics,
         tag="colbert-exact" if config.exact else f"colbert-{metrics.params['type']}",
-        qrels=loaded.qrels,
+        queries=loaded,
         measures=config.measures,
-        rejects=loaded.rejects,
         collection=collection,
     )
     return metrics
