@@ -68,18 +68,58 @@ def scifact_subset(datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
-@pytest.fixture(scope="session")
-def ray_address() -> str:
-    """One local Ray cluster for the whole session (dashboard off).
+#: Logical CPUs of the test cluster, whatever the machine: the 2 cores CI has, so jobs that
+#: take the default worker count start as many actors as on a real 2-core machine (actors
+#: claim fractional CPUs and leave Ray's own tasks their headroom).
+TEST_CLUSTER_CPUS = 2
 
-    Four logical CPUs on small machines: encoder actors take fractional CPUs, and Ray's own
-    tasks must never be starved of a slot.
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_cluster(
+    _s3_environment: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """One local Ray cluster for the whole session, started before any test (dashboard
+    off), always the same size: a test that runs a job without ``--ray-address`` joins it
+    instead of starting one sized by ``os.cpu_count()``.
+
+    Started after the S3 variables are set and with the test hooks folder in the
+    environment: Ray workers inherit the raylet's environment, fixed at start.
     """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-    return ray.get_runtime_context().gcs_address
+    from jobs.cluster.hooks import ENV
+
+    hooks = tmp_path_factory.mktemp("hooks")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV, str(hooks))
+        if not ray.is_initialized():
+            ray.init(num_cpus=TEST_CLUSTER_CPUS, include_dashboard=False, log_to_driver=False)
+        yield ray.get_runtime_context().gcs_address, hooks
+
+
+@pytest.fixture(scope="session")
+def ray_address(_ray_cluster: tuple[str, Path]) -> str:
+    return _ray_cluster[0]
+
+
+@pytest.fixture
+def hooks(_ray_cluster: tuple[str, Path]) -> Iterator[Path]:
+    """The park-point folder (:mod:`jobs.cluster.hooks`), emptied after the test."""
+    folder = _ray_cluster[1]
+    yield folder
+    for path in folder.iterdir():
+        path.unlink(missing_ok=True)
+
+
+def wait_parked(hooks: Path, name: str, timeout: float = 180.0) -> int:
+    """The pid of the first process parked at ``name``; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        parked = sorted(hooks.glob(f"parked-{name}-*"))
+        if parked:
+            return int(parked[0].name.rsplit("-", 1)[1])
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing parked at {name} within {timeout} s")
 
 
 # --- S3: a real SeaweedFS server ---------------------------------------------------------
@@ -309,24 +349,6 @@ def s3_server(_s3_environment: SeaweedS3 | None) -> SeaweedS3:
     if _s3_environment.proc is None:
         _s3_environment.start()
     return _s3_environment
-
-
-def ray_worker_pids(prefix: bytes) -> list[int]:
-    """PIDs of Ray worker processes whose title starts with ``prefix``.
-
-    Ray titles an actor's process ``ray::ClassName`` and ``ray::ClassName.method`` while a
-    task runs, so tests can find and kill a real actor process mid-job.
-    """
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "cmdline").read_bytes().startswith(prefix):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def encode_argv(

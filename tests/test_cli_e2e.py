@@ -264,7 +264,9 @@ def test_empty_corpus_is_refused(
     assert main(["encode", "--corpus", str(corpus), "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err
     assert f"the corpus {corpus} holds no document to encode" in err and reason in err
-    assert not json.loads((out / "manifest.json").read_text())["complete"]
+    assert not (out / "manifest.json").exists()  # refused before any worker started
+    if extra:
+        assert len((out / "rejects.jsonl").read_text().splitlines()) == 2
 
 
 def test_ids_that_cannot_be_written_fail_at_read_time(

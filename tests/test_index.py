@@ -9,6 +9,7 @@ from __future__ import annotations
 import doctest
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -348,9 +349,11 @@ def test_build_and_load_every_type(kind: str, corpus: Corpus, built: Callable[[s
     assert loaded.encoder.settings.dim == DIM
     manifest_raw = (corpus.root / MANIFEST).read_bytes()
     assert meta["source"]["manifest_sha256"] == hashlib.sha256(manifest_raw).hexdigest()
-    assert meta["train_s"] >= 0 and meta["add_s"] > 0 and meta["peak_rss_mb"] > 0
+    assert meta["add_s"] > 0 and meta["peak_rss_mb"] > 0
     if spec.train_sample == 0:
-        assert meta["train_s"] < 1.0  # nothing to train
+        assert meta["train_s"] < 0.05  # nothing to train
+    else:
+        assert meta["train_s"] > 0.01  # k-means / PQ training really ran
     bpt = meta["bytes_per_token"]
     assert bpt["token_store"] == DIM * 2
     assert bpt["index"] == round((folder / INDEX_FILE).stat().st_size / corpus.n_tokens, 3)
@@ -869,3 +872,63 @@ def test_rebuild_into_existing_folder(
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [META, INDEX_FILE, TOKENS, OFFSETS, DOC_IDS]
     )
+
+
+# ---------------------------------------------------------------------------- memory
+
+_BUILD_AND_MEASURE = """
+import json, sys
+from colbert_core.index import IndexConfig, build_index
+from colbert_core.embeddings import Embeddings
+from colbert_core.index.build import peak_rss_mb
+root, out = sys.argv[1], sys.argv[2]
+store = Embeddings(root)
+spec = IndexConfig(type="ivfpq", nlist=16, pq_m=4).resolve(n_tokens=store.n_tokens, dim=store.dim)
+before = peak_rss_mb()
+meta = build_index(root, out, spec)
+print(json.dumps({"before_mb": before, "after_mb": peak_rss_mb(),
+                  "index_mb": meta.files["index.faiss"].bytes / 2**20}))
+"""
+
+
+def test_index_build_peak_memory_grows_with_the_index_not_the_shards(tmp_path: Path) -> None:
+    """README: adding streams shard by shard, so peak memory is the index plus the working
+    set of one shard (its bytes, its decoded tokens, FAISS's buffers for one add chunk),
+    whatever the number of shards. Measured as VmHWM growth in fresh processes building
+    over 2 and over 8 shards of 200k tokens (d=64, 24 MB of float16 each)."""
+    dim, shard_tokens, n_shards, per_doc = 64, 200_000, 8, 100
+    rng = np.random.default_rng(7)
+    roots = {n: tmp_path / f"shards-{n}" for n in (2, n_shards)}
+    infos = []
+    for k in range(n_shards):
+        x = rng.standard_normal((shard_tokens, dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        docs = list(x.astype(np.float16).reshape(-1, per_doc, dim))
+        first = k * len(docs)
+        ids = [f"d{first + i}" for i in range(len(docs))]
+        data = build_shard(ids, range(first, first + len(docs)), docs, dim, "mem")
+        infos.append(write_shard(roots[n_shards], k, first, data, len(docs), shard_tokens))
+    (roots[2] / "embeddings").mkdir(parents=True)
+    for info in infos[:2]:
+        os.link(roots[n_shards] / info.key, roots[2] / info.key)
+    for n, root in roots.items():
+        write_test_manifest(root, infos[:n], dim=dim, fingerprint="mem")
+    grown = {}
+    for n, root in roots.items():
+        proc = subprocess.run(
+            [sys.executable, "-c", _BUILD_AND_MEASURE, str(root), str(tmp_path / f"idx-{n}")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        grown[n] = json.loads(proc.stdout.splitlines()[-1])
+    shard_mb = shard_tokens * dim * 2 / 2**20
+    small, big = grown[2], grown[n_shards]
+    # Four times as many shards: the peak grows by the larger index only (up to three
+    # times its growth: FAISS's inverted lists grow by reallocation, doubling capacity and
+    # holding old and new buffers while they copy).
+    index_growth = big["index_mb"] - small["index_mb"]
+    extra = (big["after_mb"] - big["before_mb"]) - (small["after_mb"] - small["before_mb"])
+    assert extra < 3 * index_growth + 16, grown
+    # The working set itself is a few shards' worth (measured: ~5 x 24 MB), not all of them.
+    assert big["after_mb"] - big["before_mb"] < 3 * big["index_mb"] + 5 * shard_mb + 32, grown

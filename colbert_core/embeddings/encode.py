@@ -61,6 +61,8 @@ class EncodeSummary:
     rejects: int = 0
     shards_written: int = 0
     shards_skipped: int = 0
+    retries: int = 0
+    replaced_workers: int = 0
     seconds: float = 0.0
     workers: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -217,17 +219,9 @@ class ManifestBook:
         """
         self.summary.seconds = time.perf_counter() - self._start
         self.summary.rejects = len(rejects)
-        if len(rejects):
-            self.storage.put(REJECTS, rejects.to_jsonl().encode("utf-8"))
-            logger.warning(
-                "%d bad records skipped; see %s", len(rejects), self.storage.describe(REJECTS)
-            )
+        write_rejects(self.storage, rejects)
         if self.summary.docs == 0:
-            skipped = f" ({len(rejects)} bad records were skipped)" if len(rejects) else ""
-            raise EmptyInputError(
-                f"the corpus {self.config.corpus} holds no document to encode{skipped}; "
-                "check the corpus path and format (nothing was recorded as complete)"
-            )
+            raise empty_corpus_error(self.config, rejects)
         # Shards left from a longer earlier corpus (kept but never seen) are not ours.
         covered = sorted(self.shards)
         if covered != list(range(len(covered))) or self.summary.docs != sum(
@@ -255,6 +249,40 @@ class ManifestBook:
         return manifest
 
 
+def write_rejects(storage: Storage, rejects: RejectLog) -> None:
+    """``ROOT/rejects.jsonl`` with the skipped bad records (nothing when there are none)."""
+    if len(rejects):
+        storage.put(REJECTS, rejects.to_jsonl().encode("utf-8"))
+        logger.warning("%d bad records skipped; see %s", len(rejects), storage.describe(REJECTS))
+
+
+def empty_corpus_error(config: EncodeConfig, rejects: RejectLog) -> EmptyInputError:
+    skipped = f" ({len(rejects)} bad records were skipped)" if len(rejects) else ""
+    return EmptyInputError(
+        f"the corpus {config.corpus} holds no document to encode{skipped}; "
+        "check the corpus path and format (nothing was recorded as complete)"
+    )
+
+
+def corpus_shards(
+    config: EncodeConfig, corpus: Iterable[Document], rejects: RejectLog, storage: Storage
+) -> Iterator[ShardTask]:
+    """The corpus cut into shards; an empty corpus is refused before any work starts.
+
+    Raises
+    ------
+    EmptyInputError
+        When the corpus yields no document (after skipping bad records, whose
+        ``rejects.jsonl`` is written first).
+    """
+    tasks = iter_shards(corpus, config.shard_size)
+    first = next(tasks, None)
+    if first is None:
+        write_rejects(storage, rejects)
+        raise empty_corpus_error(config, rejects)
+    return itertools.chain([first], tasks)
+
+
 def open_job_corpus(config: EncodeConfig) -> tuple[Iterable[Document], RejectLog]:
     rejects = RejectLog()
     corpus = open_corpus(config.corpus, on_bad_record=config.on_bad_record, rejects=rejects)
@@ -273,11 +301,12 @@ def run_encode(
     ``progress(docs, tokens)`` is called after every encoded batch.
     """
     storage = open_storage(config.out)
+    corpus, rejects = open_job_corpus(config)
+    shards = corpus_shards(config, corpus, rejects, storage)
     kept = prepare_output(config, encoder.fingerprint, storage, overwrite=overwrite)
     book = ManifestBook(config, encoder.describe(), storage, kept)
     book.write(complete=False)
-    corpus, rejects = open_job_corpus(config)
-    for task in iter_shards(corpus, config.shard_size):
+    for task in shards:
         if book.can_skip(task):
             book.skipped(task)
             if progress:

@@ -13,6 +13,7 @@ from .measures import (
     candidate_recall,
     evaluate,
     format_table,
+    latency_percentiles,
     parse_measures,
     per_query_parquet,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "format_table",
     "format_trec_run",
     "group_run",
+    "latency_percentiles",
     "parse_measures",
     "per_query_parquet",
     "qrels_outside",

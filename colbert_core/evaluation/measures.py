@@ -8,11 +8,12 @@ and the metrics file says how many judged queries that leaves out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ir_measures
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from ir_measures import Qrel as IrQrel
@@ -115,17 +116,35 @@ def evaluate(
     )
 
 
-def per_query_parquet(ev: Evaluation) -> bytes:
-    """``per_query.parquet``: one row per evaluated query, one column per measure."""
+def per_query_parquet(
+    ev: Evaluation, extra: Mapping[str, Mapping[str, float]] | None = None
+) -> bytes:
+    """``per_query.parquet``: one row per evaluated query, one column per measure, then one
+    per ``extra`` entry (column name -> query id -> value, e.g. ``latency_ms``)."""
     names = list(ev.measures)
     qids = list(ev.per_query)
+    columns = {n: [ev.per_query[q].get(n) for q in qids] for n in names}
+    columns |= {name: [values.get(q) for q in qids] for name, values in (extra or {}).items()}
     table = pa.table(
         {"query_id": pa.array(qids, pa.string())}
-        | {n: pa.array([ev.per_query[q].get(n) for q in qids], pa.float64()) for n in names}
+        | {n: pa.array(v, pa.float64()) for n, v in columns.items()}
     )
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
+
+
+def latency_percentiles(latency_ms: Iterable[float]) -> dict[str, float | None]:
+    """p50/p95/p99 of per-query latencies in ms, as ``metrics.json`` reports them.
+
+    >>> latency_percentiles([1.0, 2.0, 3.0, 4.0])
+    {'p50': 2.5, 'p95': 3.85, 'p99': 3.97}
+    """
+    lat = np.fromiter(latency_ms, dtype=np.float64)
+    return {
+        p: round(float(np.percentile(lat, int(p[1:]))), 2) if lat.size else None
+        for p in ("p50", "p95", "p99")
+    }
 
 
 def candidate_recall(candidates: dict[str, set[str]], qrels: Iterable[Qrel]) -> float | None:

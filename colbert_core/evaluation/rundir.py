@@ -143,6 +143,7 @@ def write_run_folder(
     queries: LoadedQueries | None = None,
     measures: Sequence[str] = (),
     collection: Set[str] | None = None,
+    per_query: Mapping[str, Mapping[str, float]] | None = None,
 ) -> tuple[RunMetrics, Evaluation | None]:
     """Write ``run.trec``, then (with qrels) ``per_query.parquet``, then ``metrics.json``.
 
@@ -159,6 +160,8 @@ def write_run_folder(
     collection
         Every document id that could have been retrieved: judged documents outside it are
         counted in ``qrels_not_in_corpus`` and logged.
+    per_query
+        Extra ``per_query.parquet`` columns: name -> query id -> value.
 
     Returns
     -------
@@ -179,16 +182,21 @@ def write_run_folder(
         ev = evaluate(scored_docs(ranked), qrels, measures)
         if collection is not None:
             metrics.qrels_not_in_corpus = qrels_outside(qrels, collection)
-    save_evaluation(storage, metrics, ev)
+    save_evaluation(storage, metrics, ev, per_query)
     return metrics, ev
 
 
-def save_evaluation(out: str | Storage, metrics: RunMetrics, ev: Evaluation | None) -> None:
+def save_evaluation(
+    out: str | Storage,
+    metrics: RunMetrics,
+    ev: Evaluation | None,
+    per_query: Mapping[str, Mapping[str, float]] | None = None,
+) -> None:
     """Store ``per_query.parquet`` (with an evaluation) and then ``metrics.json``."""
     storage = open_storage(out) if isinstance(out, str) else out
     if ev is not None:
         _add_evaluation(metrics, ev)
-        storage.put(PER_QUERY, per_query_parquet(ev))
+        storage.put(PER_QUERY, per_query_parquet(ev, per_query))
     storage.put(METRICS, metrics.to_json())
 
 

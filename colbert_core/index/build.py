@@ -1,10 +1,12 @@
 """Train and fill a FAISS index from token-embedding shards, streaming shard by shard.
 
-Peak memory is the index plus one shard (plus the training sample while training): the
-embeddings are never loaded at once. IVF indices can also be filled in parallel: copies of
-the trained, empty index each take a group of shards (with their global token ids), and
-the partial indices are merged with FAISS's own ``merge_from`` in shard order - which gives
-exactly the inverted lists a one-process build gives.
+Peak memory is the index plus the working set of one shard (its bytes, its decoded tokens,
+FAISS's buffers for one add chunk: about three times the shard) plus the training sample
+while training, whatever the number of shards: the embeddings are never loaded at once.
+IVF indices can also be filled in parallel: copies of the trained, empty index each take
+a group of shards (with their global token ids), and the partial indices are merged with FAISS's own
+``merge_from`` in shard order - which gives exactly the inverted lists a one-process build
+gives.
 """
 
 from __future__ import annotations
@@ -95,9 +97,10 @@ def sample_training_vectors(store: Embeddings, n: int, seed: int) -> np.ndarray:
     return out
 
 
-#: Rows converted to float32 at a time while adding (bounds the float32 copy to ~200 MB
-#: at d=384 instead of a whole shard).
-ADD_CHUNK = 131_072
+#: Rows converted to float32 at a time while adding. FAISS's IVF-PQ add keeps a few
+#: float32 copies of its input (residuals, assignments); 16k rows (25 MB at d=384) keeps
+#: that well under one shard while each call is still large enough for BLAS.
+ADD_CHUNK = 16_384
 
 
 def add_float16(index: faiss.Index, tokens: np.ndarray, *, first_id: int | None = None) -> None:

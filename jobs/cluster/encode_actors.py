@@ -21,7 +21,8 @@ from typing import Any
 from colbert_core.embeddings import EncodeConfig, ShardInfo, ShardTask, encode_shard
 from colbert_core.encoder import EncoderRecord
 
-from .actor_pool import run_items, short, started_descriptions
+from .actor_pool import PoolStats, run_items, short, started_descriptions
+from .hooks import park_point
 from .runtime import Placement
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class EncoderWorker:
 
     def encode(self, task: ShardTask) -> tuple[ShardInfo, dict[str, Any]]:
         self.start()
+        park_point("encode-shard")
         start = time.perf_counter()
 
         def progress(docs: int, tokens: int) -> None:
@@ -111,7 +113,11 @@ class ProgressTracker:
         return self.docs, self.tokens
 
 
-def poll_progress(tracker: Any, on_progress: Callable[[int, int], None] | None) -> None:
+def poll_progress(
+    tracker: Any,
+    on_progress: Callable[[int, int], None] | None,
+    timeout_s: float = PROGRESS_TIMEOUT_S,
+) -> None:
     """Pass the tracker's counts to ``on_progress``; a slow or lost tracker is logged only."""
     import ray
     from ray.exceptions import RayError
@@ -119,7 +125,7 @@ def poll_progress(tracker: Any, on_progress: Callable[[int, int], None] | None) 
     if on_progress is None:
         return
     try:
-        counts = ray.get(tracker.get.remote(), timeout=PROGRESS_TIMEOUT_S)
+        counts = ray.get(tracker.get.remote(), timeout=timeout_s)
     except RayError as exc:  # GetTimeoutError included
         logger.warning("progress not updated (%s); the job carries on", short(exc))
         return
@@ -136,7 +142,8 @@ def run_pool(
     on_progress: Callable[[int, int], None] | None = None,
     on_started: Callable[[EncoderRecord], None] | None = None,
     tracker_cls: type = ProgressTracker,
-) -> dict[str, dict[str, Any]]:
+    progress_timeout_s: float = PROGRESS_TIMEOUT_S,
+) -> tuple[dict[str, dict[str, Any]], PoolStats]:
     """Encode every task from the iterator ``tasks`` on a pool of actors.
 
     ``on_started(record)`` is called with every actor's encoder once all are up;
@@ -166,7 +173,7 @@ def run_pool(
         on_done(info)
 
     try:
-        run_items(
+        stats = run_items(
             lambda: actor_cls.remote(config, placement.device, placement.torch_threads, tracker),
             placement.workers,
             "encode",
@@ -177,10 +184,10 @@ def run_pool(
             ),
             on_result=done,
             max_retries=max_retries,
-            on_tick=lambda: poll_progress(tracker, on_progress),
+            on_tick=lambda: poll_progress(tracker, on_progress, progress_timeout_s),
             check_started=started,
         )
-        poll_progress(tracker, on_progress)
+        poll_progress(tracker, on_progress, progress_timeout_s)
     finally:
         ray.kill(tracker, no_restart=True)
-    return worker_stats
+    return worker_stats, stats

@@ -13,7 +13,8 @@ from typing import Any
 from colbert_core.data import Query
 from colbert_core.search import Ranked, SearchParams
 
-from .actor_pool import run_items, started_descriptions
+from .actor_pool import PoolStats, run_items, started_descriptions
+from .hooks import park_point
 from .runtime import Placement
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class PoolResult:
     params: SearchParams
     encoder: dict[str, Any]
     per_worker: dict[str, int] = field(default_factory=dict)
+    pool: PoolStats = field(default_factory=PoolStats)
 
 
 class SearchWorker:
@@ -84,6 +86,7 @@ class SearchWorker:
         from colbert_core.search import encode_queries, ranked_list, search
 
         self.start()
+        park_point("search-batch")
         encoded = encode_queries(self.encoder, batch.queries)
         enc_each = encoded.seconds / max(1, len(batch.queries))
         ids = self.loaded.doc_ids
@@ -141,7 +144,7 @@ def search_with_pool(
         if on_batch is not None:
             on_batch(len(rows))
 
-    run_items(
+    stats = run_items(
         lambda: actor_cls.remote(index, model, params, placement.torch_threads),
         placement.workers,
         "search",
@@ -154,4 +157,4 @@ def search_with_pool(
         check_started=started,
     )
     resolved = SearchParams(**info["params"])
-    return PoolResult(answers, resolved, info["encoder"], per_worker)
+    return PoolResult(answers, resolved, info["encoder"], per_worker, stats)

@@ -15,8 +15,9 @@ from colbert_core.embeddings import (
     Manifest,
     ManifestBook,
     ManifestError,
+    ShardInfo,
     ShardTask,
-    iter_shards,
+    corpus_shards,
     open_job_corpus,
     prepare_output,
 )
@@ -25,6 +26,7 @@ from colbert_core.storage import open_storage
 
 from ..cluster import ClusterOptions, connect, place
 from ..cluster.encode_actors import run_pool
+from ..cluster.hooks import park_point
 from ..console import print_json, progress_bar
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,9 @@ def add_cluster_arguments(p: argparse.ArgumentParser, *, gpus: bool) -> None:
 def run(config: Config) -> Manifest:
     """Encode the corpus on Ray actors; returns the complete manifest."""
     job = config.encode
+    driver = _Driver(job, config.overwrite)
+    corpus, rejects = open_job_corpus(job)
+    shards = corpus_shards(job, corpus, rejects, driver.storage)  # an empty corpus: refused
     placement = place(config.cluster, connect(config.cluster.ray_address), use_gpus=True)
     logger.info(
         "encoding %s -> %s with %d worker(s) (%.2g CPU, %.2g GPU, %s torch threads each)",
@@ -126,21 +131,21 @@ def run(config: Config) -> Manifest:
         placement.num_gpus,
         placement.torch_threads or "default",
     )
-    driver = _Driver(job, config.overwrite)
-    corpus, rejects = open_job_corpus(job)
     total = open_corpus(job.corpus).estimate_count()
     with progress_bar(total, "encode") as bar:
         driver.bar = bar
-        stats = run_pool(
+        stats, pool = run_pool(
             job,
             placement,
-            driver.tasks(iter_shards(corpus, job.shard_size)),
+            driver.tasks(shards),
             max_retries=config.cluster.max_retries,
-            on_done=lambda info: driver.book.record(info),
+            on_done=driver.record,
             on_progress=driver.progress,
             on_started=driver.started,
         )
     driver.book.summary.workers = _worker_summary(stats)
+    driver.book.summary.retries = pool.retries
+    driver.book.summary.replaced_workers = pool.replaced
     return driver.book.finish(rejects)
 
 
@@ -171,6 +176,10 @@ class _Driver:
                 f"{self.book.encoder.fingerprint} vs {record.fingerprint}); "
                 "make the model directory identical on every node"
             )
+
+    def record(self, info: ShardInfo) -> None:
+        self.book.record(info)
+        park_point("encode-recorded")
 
     def tasks(self, shards: Iterator[ShardTask]) -> Iterator[ShardTask]:
         for task in shards:

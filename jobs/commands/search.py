@@ -9,8 +9,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from colbert_core.config import check_positive
 from colbert_core.data import LoadedQueries, QuerySet
 from colbert_core.embeddings import Embeddings
@@ -18,6 +16,7 @@ from colbert_core.errors import ConfigError
 from colbert_core.evaluation import (
     RunMetrics,
     candidate_recall,
+    latency_percentiles,
     parse_measures,
     write_run_folder,
 )
@@ -128,10 +127,11 @@ def run(config: Config) -> RunMetrics:
     parse_measures(config.measures)  # a bad measure name fails before any work
     loaded = config.query_set.load()
     wall0 = time.perf_counter()
+    per_query: dict[str, dict[str, float]] = {}
     if config.exact:
         ranked, metrics, collection = _exact(config, loaded)
     else:
-        ranked, metrics, collection = _indexed(config, loaded)
+        ranked, metrics, collection, per_query = _indexed(config, loaded)
     wall = time.perf_counter() - wall0
     metrics.timings |= {"wall_s": round(wall, 3), "qps": round(len(ranked) / max(wall, 1e-9), 2)}
     report_queries(metrics.truncated_queries, metrics.empty_queries)
@@ -143,6 +143,7 @@ def run(config: Config) -> RunMetrics:
         queries=loaded,
         measures=config.measures,
         collection=collection,
+        per_query=per_query,
     )
     return metrics
 
@@ -178,7 +179,7 @@ def _exact(config: Config, loaded: LoadedQueries) -> tuple[dict[str, Ranked], Ru
 
 def _indexed(
     config: Config, loaded: LoadedQueries
-) -> tuple[dict[str, Ranked], RunMetrics, set[str]]:
+) -> tuple[dict[str, Ranked], RunMetrics, set[str], dict[str, dict[str, float]]]:
     meta, meta_sha = read_index_meta_with_sha256(config.index)
     collection = set(read_index_mapping(config.index, meta).doc_ids)  # validated up front
     placement = place(config.cluster, connect(config.cluster.ray_address), use_gpus=False)
@@ -194,6 +195,7 @@ def _indexed(
             on_batch=bar.update,
         )
     missing = [q.query_id for q in loaded.queries if q.query_id not in pool.answers]
+    latency = {q: round(sum(a.timings.values()) * 1000, 3) for q, a in pool.answers.items()}
     if missing:
         raise RuntimeError(f"{len(missing)} queries were not answered, e.g. {missing[:5]}")
     answers = [pool.answers[q.query_id] for q in loaded.queries]
@@ -204,30 +206,25 @@ def _indexed(
         empty_queries=empty_queries(loaded.queries),
         truncated_queries={a.query_id: a.truncated_tokens for a in answers if a.truncated_tokens},
         timings=_pool_timings(pool),
-        latency_ms=_latency(pool),
+        latency_ms=latency_percentiles(latency.values()),
         workers={
             "actors": placement.workers,
             "threads_per_worker": placement.torch_threads,
             "queries_per_actor": pool.per_worker,
+            "retried_batches": pool.pool.retries,
+            "replaced_actors": pool.pool.replaced,
         },
     )
     if loaded.qrels is not None:
         candidates = {a.query_id: set(a.candidates) for a in answers}
         metrics.candidate_recall = candidate_recall(candidates, loaded.qrels)
-    return {a.query_id: a.ranked for a in answers}, metrics, collection
+    ranked = {a.query_id: a.ranked for a in answers}
+    return ranked, metrics, collection, {"latency_ms": latency}
 
 
 def _pool_timings(pool: PoolResult) -> dict[str, float]:
     keys = ("query_encoding_s", "ann_s", "maxsim_s")
     return {k: round(sum(a.timings[k] for a in pool.answers.values()), 3) for k in keys}
-
-
-def _latency(pool: PoolResult) -> dict[str, float | None]:
-    lat = np.array([sum(a.timings.values()) for a in pool.answers.values()]) * 1000
-    return {
-        p: round(float(np.percentile(lat, int(p[1:]))), 2) if lat.size else None
-        for p in ("p50", "p95", "p99")
-    }
 
 
 def report(config: Config, metrics: RunMetrics) -> None:
