@@ -29,6 +29,7 @@ import functools
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
@@ -194,3 +195,21 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         return v
 
     return plain(dataclasses.asdict(config))
+
+
+def read_yaml_mapping(path: str, what: str, error: type[ConfigError] = ConfigError) -> dict:
+    """The YAML file at ``path`` as a mapping; ``error`` (naming ``what`` it is, the file
+    and the line) when it is missing, invalid, or not a mapping."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise error(f"{what} {path} not found") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise error(f"{path}{line}: invalid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected a mapping at the top level")
+    return raw

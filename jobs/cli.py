@@ -1,6 +1,7 @@
 """The `colbert-batch` command line: parse arguments into a command's config, run it.
 
-Exit status: 0 on success; 2 on an error the user can fix (any
+Exit status: 0 on success (``nightly``: 1 when a check regressed); 2 on an error the user
+can fix (any
 :class:`~colbert_core.errors.ColbertBatchError`: one line saying what and how); 1 on
 anything else, which is a bug and is printed with its traceback; 130 when interrupted.
 """
@@ -67,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     configure_logging(verbose)
     try:
-        module.report(config, module.run(config))
-        return 0
+        return int(module.report(config, module.run(config)) or 0)
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130

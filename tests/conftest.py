@@ -37,25 +37,24 @@ def datasets_dir() -> Path:
     return found
 
 
-@pytest.fixture(scope="session")
-def scifact_subset(datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small real BEIR folder: the first 30 SciFact test queries, their relevant
-    documents and the first 150 corpus documents, in the original corpus order."""
-    src = datasets_dir / "scifact"
-    out = tmp_path_factory.mktemp("scifact-subset")
+def scifact_slice(src: Path, out: Path, first_docs: int, n_queries: int) -> Path:
+    """A real BEIR folder cut from ``src`` (SciFact): its first ``n_queries`` judged test
+    queries, their relevant documents and the first ``first_docs`` corpus documents, in
+    the original corpus order."""
+    out.mkdir(parents=True, exist_ok=True)
     qrel_lines = (src / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines()
     header, rows = qrel_lines[0], [r.split("\t") for r in qrel_lines[1:] if r.strip()]
     queries: list[str] = []
     for qid, _, _ in rows:
         if qid not in queries:
             queries.append(qid)
-    keep_q = set(queries[:30])
+    keep_q = set(queries[:n_queries])
     kept_rows = [r for r in rows if r[0] in keep_q]
     relevant = {r[1] for r in kept_rows}
     corpus_lines = []
     with (src / "corpus.jsonl").open(encoding="utf-8") as fh:
         for i, line in enumerate(fh):
-            if i < 150 or json.loads(line)["_id"] in relevant:
+            if i < first_docs or json.loads(line)["_id"] in relevant:
                 corpus_lines.append(line)
     (out / "corpus.jsonl").write_text("".join(corpus_lines), encoding="utf-8")
     (out / "queries.jsonl").write_text(
@@ -66,6 +65,15 @@ def scifact_subset(datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         "\n".join([header, *("\t".join(r) for r in kept_rows)]) + "\n", encoding="utf-8"
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def scifact_subset(datasets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real BEIR folder: the first 30 SciFact test queries, their relevant
+    documents and the first 150 corpus documents, in the original corpus order."""
+    return scifact_slice(
+        datasets_dir / "scifact", tmp_path_factory.mktemp("scifact-subset"), 150, 30
+    )
 
 
 #: Logical CPUs of the test cluster, whatever the machine: the 2 cores CI has, so jobs that

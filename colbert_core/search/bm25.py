@@ -51,6 +51,9 @@ def bm25_search(
     import numpy as np
     import Stemmer
 
+    # bm25s sets its own logger to DEBUG on import; hand the level back to the application.
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
+
     stemmer = Stemmer.Stemmer(LANGUAGES[settings.language])
     ids: list[str] = []
     texts: list[str] = []

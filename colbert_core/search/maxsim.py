@@ -253,3 +253,30 @@ def consecutive_groups(lengths: Sequence[int] | np.ndarray, limit: int) -> list[
     if lo < len(lengths):
         blocks.append((lo, len(lengths)))
     return blocks
+
+
+def calibration_ms(repeats: int = 9, seed: int = 0) -> float:
+    """Median milliseconds of a fixed exact-MaxSim workload in this process.
+
+    32 query tokens against 256 documents of 64 tokens (d=128, float16 store), the shape of
+    the search's exact stage. Latencies divided by it compare across runs on shared, noisy
+    machines: both move together when the machine is slower.
+
+    >>> calibration_ms(repeats=3) > 0
+    True
+    """
+    import time
+
+    rng = np.random.default_rng(seed)
+    tokens = rng.standard_normal((256 * 64, 128)).astype(np.float16)
+    offsets = np.arange(0, 256 * 64 + 1, 64, dtype=np.int64)
+    query = rng.standard_normal((32, 128)).astype(np.float32)
+    cand = np.arange(256, dtype=np.int64)
+    scorer = CandidateScorer()
+    scorer.score(query, tokens, offsets, cand)  # buffers allocated outside the timing
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        scorer.score(query, tokens, offsets, cand)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))

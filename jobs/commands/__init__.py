@@ -1,10 +1,10 @@
 """One module per command. Each exposes ``HELP``, a frozen ``Config`` dataclass,
 ``add_arguments(parser)`` (flags named after the config's fields), ``run(config)`` (the
-work; returns a result) and ``report(config, result)`` (console output)."""
+work; returns a result) and ``report(config, result)`` (console output; it may return the exit status)."""
 
 from types import ModuleType
 
-from . import bm25, encode, evaluate, index, pipeline, rerank, search
+from . import bm25, encode, evaluate, index, nightly, pipeline, rerank, search
 
 #: Sub-command name -> module, in the order ``--help`` lists them.
 COMMANDS: dict[str, ModuleType] = {
@@ -15,6 +15,7 @@ COMMANDS: dict[str, ModuleType] = {
     "bm25": bm25,
     "pipeline": pipeline,
     "evaluate": evaluate,
+    "nightly": nightly,
 }
 
 __all__ = ["COMMANDS"]

@@ -26,12 +26,9 @@ import argparse
 import dataclasses
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from colbert_core.config import allowed_keys, config_from_mapping
+from colbert_core.config import allowed_keys, config_from_mapping, read_yaml_mapping
 from colbert_core.embeddings import Manifest
 from colbert_core.errors import ConfigError
 from colbert_core.evaluation import RunMetrics, format_table
@@ -129,17 +126,7 @@ def load_stages(path: str, ray_address: str | None = None) -> Stages:
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise PipelineConfigError(f"pipeline config {path} not found") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise PipelineConfigError(f"{path}{line}: invalid YAML ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise PipelineConfigError(f"{path}: expected a mapping at the top level")
-    return raw
+    return read_yaml_mapping(path, "pipeline config", PipelineConfigError)
 
 
 def _section(raw: dict[str, Any], name: str, path: str) -> dict[str, Any]:
