@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import threading
@@ -214,19 +215,31 @@ def test_concurrent_appends_lose_nothing(
         append(3)
 
 
-def test_history_on_s3(built: dict[str, Path], s3_server: Any, tmp_path: Path) -> None:
+def test_index_and_history_on_s3(built: dict[str, Path], s3_server: Any, tmp_path: Path) -> None:
+    """A suite whose index, run folders and history all live on S3 (SeaweedFS)."""
     client = s3_server.client()
     client.create_bucket(Bucket="nightly-history")
+    idx = "s3://nightly-history/indexes/ivfpq"
+    assert main(["index", "--embeddings", str(built["emb"]), "--out", idx, "--nlist", "32"]) == 0
     suite = write_suite(
-        tmp_path / "suite.yaml", built, tmp_path / "out", GOOD,
-        history="s3://nightly-history/scifact/history.parquet",
-    )  # fmt: skip
+        tmp_path / "suite.yaml", built | {"idx": idx}, "s3://nightly-history/scifact", GOOD
+    )
     assert main(["nightly", str(suite), "--accept"]) == 0
     assert main(["nightly", str(suite)]) == 0
     rows = History("s3://nightly-history/scifact/history.parquet").rows()
     assert len(rows) == 4 and sum(r.accepted for r in rows) == 2
+    assert {r.source_sha256 for r in rows if r.check == "ivfpq"} == {
+        hashlib.sha256(client.get_object(Bucket="nightly-history",
+                                         Key="indexes/ivfpq/meta.json")["Body"].read()).hexdigest()
+    }  # fmt: skip
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="nightly-history")["Contents"]]
-    assert len([k for k in keys if k.endswith(".parquet")]) == 2
+    assert len([k for k in keys if k.startswith("scifact/history.parquet/run-")]) == 2
+    runs = {k.split("/")[2] for k in keys if k.startswith("scifact/runs/")}
+    assert len(runs) == 2
+    for run in runs:
+        for name in ("verdict.json", "report.md", "plots/nDCG_10.png",
+                     "checks/ivfpq/run.trec", "checks/exact/metrics.json"):  # fmt: skip
+            assert f"scifact/runs/{run}/{name}" in keys, name
 
 
 @pytest.mark.parametrize("problem", ["unknown_key", "missing_qrels", "other_model"])
