@@ -8,6 +8,7 @@ embeddings and runs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import subprocess
@@ -133,8 +134,10 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The commit of the colbert-batch checkout in use, when it is one."""
+    """The commit of the colbert-batch checkout in use, when it is one (asked once per
+    process, not once per check)."""
     repo = Path(colbert_core.__file__).resolve().parents[1]
     if not (repo / ".git").exists():
         return None
