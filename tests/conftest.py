@@ -29,6 +29,12 @@ def shared_datasets() -> Path | None:
     return None
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Multi-node tests last: they shut the session's one-node Ray cluster down and run
+    their own (``tests/test_multinode.py``)."""
+    items.sort(key=lambda item: item.get_closest_marker("multinode") is not None)
+
+
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
     found = shared_datasets()

@@ -44,7 +44,7 @@ from colbert_core.index import (
 from colbert_core.index.build import add_shards_to_copy
 from colbert_core.index.spec import MAX_TRAIN, MIN_POINTS_PER_CENTROID
 from colbert_core.tokenstore import DOC_IDS, OFFSETS, TOKENS, token_to_doc
-from jobs.cluster.index_tasks import ray_parallel_add
+from jobs.cluster.index_tasks import RayParallelAdd
 
 DIM = 32
 FINGERPRINT = "synthetic-fp-0123"
@@ -600,7 +600,7 @@ def test_ray_parallel_build_equals_one_shot(
         str(corpus.root),
         str(tmp_path / "ray"),
         spec_for("ivfpq", corpus.n_tokens),
-        parallel_add=ray_parallel_add(str(corpus.root), ray_address),
+        parallel_add=RayParallelAdd(str(corpus.root), ray_address),
         n_groups=2,
     )
     assert meta.parallel_groups == 2

@@ -128,3 +128,105 @@ def test_example_suites_load(name: str) -> None:
     suite = load_suite(str(REPO / "jobs" / "configs" / name))
     assert [c.name for c in suite.checks] == ["exact", "ivfpq", "bm25-rerank"]
     assert [c.kind for c in suite.checks] == ["exact", "index", "rerank"]
+
+
+def _kubernetes_docs() -> list[tuple[str, dict[str, Any]]]:
+    """Every Kubernetes object under infra/ (RayJobs kept in ConfigMaps included)."""
+    found = []
+    for path in sorted(INFRA.glob("*.yaml")):
+        if path.name == "cluster.yaml":  # `ray up`, validated by Ray itself below
+            continue
+        for doc in _docs(path):
+            found.append((path.name, doc))
+            for key, text in (doc.get("data") or {}).items() if doc["kind"] == "ConfigMap" else ():
+                if key.endswith(".yaml"):
+                    found.append((f"{path.name}:{key}", yaml.safe_load(text)))
+    return found
+
+
+def test_every_kubernetes_manifest_validates(schemas: dict[str, Any]) -> None:
+    docs = _kubernetes_docs()
+    kinds = {doc["kind"] for _, doc in docs}
+    assert {"RayCluster", "RayJob", "CronJob"} <= kinds
+    for where, doc in docs:
+        assert doc.get("apiVersion") and doc.get("metadata"), where
+        if doc["kind"] in schemas:
+            assert kuberay_problems(doc, schemas) == [], where
+
+
+def test_the_pipeline_rayjob_runs_a_shipped_s3_config(schemas: dict[str, Any]) -> None:
+    (job,) = _docs(INFRA / "rayjob-pipeline.yaml")
+    command, sub, config = job["spec"]["entrypoint"].split()
+    assert (command, sub) == ("colbert-batch", "pipeline")
+    stages = _load_stages(REPO / config.removeprefix(f"{_workdir()}/"))
+    # No node shares a disk: everything workers touch is on S3.
+    assert stages.encode.encode.out.startswith("s3://")
+    assert stages.index.embeddings.startswith("s3://")
+    assert stages.search.index.startswith("s3://")
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    broken = copy.deepcopy(job)
+    broken["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replica"] = 2  # misspelt
+    assert any("replica" in p for p in kuberay_problems(broken, schemas))
+
+
+def _load_stages(path: Path) -> Any:
+    from jobs.commands.pipeline import load_stages
+
+    return load_stages(str(path))
+
+
+def _workdir() -> str:
+    (line,) = [
+        ln for ln in (INFRA / "Dockerfile").read_text().splitlines() if ln.startswith("WORKDIR")
+    ]
+    return line.split()[1]
+
+
+def test_files_named_by_manifests_are_in_the_image() -> None:
+    """Entrypoints name files by their path in the image (the Dockerfile's WORKDIR, where
+    it copies jobs/): each must exist in the repository and be copied."""
+    workdir = _workdir()
+    copied = [ln.split()[1] for ln in (INFRA / "Dockerfile").read_text().splitlines()
+              if ln.startswith("COPY")]  # fmt: skip
+    named = re.findall(r"(/\S+\.ya?ml)", "\n".join(p.read_text() for p in INFRA.glob("*.yaml")))
+    in_image = [n for n in named if n.startswith(f"{workdir}/")]
+    assert in_image, "no manifest names a file in the image"
+    for name in in_image:
+        relative = name.removeprefix(f"{workdir}/")
+        assert (REPO / relative).is_file(), name
+        assert relative.split("/")[0] in copied, f"{name}: not copied by the Dockerfile"
+
+
+def _pip_installs(text: str) -> list[str]:
+    """The package arguments of each `pip install` in a Makefile recipe or Dockerfile."""
+    installs = []
+    for match in re.finditer(r"pip install ([^&\n]+)", text):
+        args = [a.strip("\"'") for a in match.group(1).split() if not a.startswith("-")]
+        installs.append(" ".join(args))
+    return installs
+
+
+def test_the_image_installs_the_project_like_make_setup() -> None:
+    """Same torch pin, torch first, then the project with extras that the Makefile's
+    include (dev pulls in the image's `cluster` extra), on the Python pyproject allows."""
+    import tomllib
+
+    makefile = (REPO / "Makefile").read_text()
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    torch_pin = re.search(r"^TORCH \?= (\S+)", makefile, re.M).group(1)
+    assert re.search(rf'^ARG TORCH="{re.escape(torch_pin)}"', dockerfile, re.M)
+    make_installs = [i for i in _pip_installs(makefile) if "pip" not in i.split()]
+    assert make_installs == ["$(TORCH)", ".[dev]"]
+    docker_installs = _pip_installs(dockerfile)
+    assert docker_installs[:2] == ["${TORCH}", ".[cluster]"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "colbert-batch[cluster]" in project["optional-dependencies"]["dev"]
+    assert any(d.startswith("ray[default]") for d in project["optional-dependencies"]["cluster"])
+    python = re.search(r"py(\d)(\d+)", re.search(r"^ARG BASE=(\S+)", dockerfile, re.M).group(1))
+    assert project["requires-python"] == ">=3.11" and python.groups() == ("3", "11")
+    ray_pin = re.search(r"rayproject/ray:([\d.]+)", dockerfile).group(1)
+    for name in ("raycluster.yaml", "rayjob-pipeline.yaml"):
+        (doc,) = _docs(INFRA / name)
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        assert spec["rayVersion"] == ray_pin, name

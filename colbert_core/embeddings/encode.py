@@ -64,7 +64,9 @@ class EncodeSummary:
     retries: int = 0
     replaced_workers: int = 0
     seconds: float = 0.0
-    workers: dict[str, dict[str, float]] = field(default_factory=dict)
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per Ray node: workers, shards, documents and tokens encoded there.
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

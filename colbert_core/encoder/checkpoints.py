@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from ..errors import ColbertBatchError
+from ..storage import S3Storage, fetch_prefix, is_s3
 from .errors import SUPPORTED_FORMATS_HELP, CheckpointError
 from .settings import CheckpointFormat, EncoderSettings
 
@@ -49,18 +51,24 @@ class LoadedCheckpoint:
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """Turn an alias or a directory into an existing model directory.
+    """Turn an alias, a directory or an ``s3://`` prefix into an existing model directory.
 
     Parameters
     ----------
     name_or_path
-        A local directory, or an alias from :data:`MODEL_ALIASES` (case-insensitive).
+        A local directory, an alias from :data:`MODEL_ALIASES` (case-insensitive), or an
+        ``s3://bucket/models/NAME/`` prefix holding a checkpoint directory: downloaded once
+        per node into the node cache (:func:`colbert_core.storage.fetch_prefix`, checked
+        against the S3 listing) and shared by every worker on the node.
 
     Raises
     ------
     CheckpointError
-        When the alias's package is not installed or the directory does not exist.
+        When the alias's package is not installed, the directory does not exist, or the
+        S3 prefix is empty or cannot be read.
     """
+    if is_s3(str(name_or_path)):
+        return _fetch_s3_model(str(name_or_path))
     key = str(name_or_path).strip().lower()
     if key in MODEL_ALIASES:
         package = MODEL_ALIASES[key]
@@ -79,6 +87,13 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
             f"from a hub). {SUPPORTED_FORMATS_HELP}"
         )
     return path
+
+
+def _fetch_s3_model(uri: str) -> Path:
+    try:
+        return fetch_prefix(S3Storage(uri)).folder
+    except ColbertBatchError as exc:
+        raise CheckpointError(f"model {uri}: {exc}") from exc
 
 
 def detect_format(path: Path) -> CheckpointFormat:

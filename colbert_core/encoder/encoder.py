@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..storage import is_s3
 from .checkpoints import LoadedCheckpoint, fingerprint, load_checkpoint, resolve_model_path
 from .errors import CheckpointError
 from .record import EncoderRecord
@@ -49,8 +50,12 @@ class ColBERTEncoder:
         *,
         device: str | torch.device | None = None,
         dtype: str = "auto",
+        source: str | None = None,
     ):
         self.path: Path = ckpt.path
+        #: Where the model came from when that is not ``path``: an ``s3://`` prefix, which
+        #: is what outputs record, since the cache folder exists on this node only.
+        self.source = source
         self.settings: EncoderSettings = ckpt.settings
         self.tokenizer = ckpt.tokenizer
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -81,7 +86,7 @@ class ColBERTEncoder:
     def describe(self) -> EncoderRecord:
         """What to record next to outputs made with this encoder."""
         return EncoderRecord(
-            model_path=str(self.path),
+            model_path=self.source or str(self.path),
             fingerprint=self.fingerprint,
             settings=self.settings,
             device=str(self.device),
@@ -287,4 +292,5 @@ def load_encoder(
     """
     path = resolve_model_path(name_or_path)
     ckpt = load_checkpoint(path, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
-    return ColBERTEncoder(ckpt, device=device, dtype=dtype)
+    source = str(name_or_path) if is_s3(str(name_or_path)) else None
+    return ColBERTEncoder(ckpt, device=device, dtype=dtype, source=source)

@@ -12,7 +12,6 @@ store is memory-mapped with numpy.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,20 @@ import faiss
 import numpy as np
 
 from ..encoder import EncoderRecord
-from ..storage import is_s3, open_storage, sha256_bytes, sha256_file, write_bytes_atomic
+from ..storage import (
+    Expected,
+    FetchReport,
+    S3Storage,
+    default_cache_dir,
+    entry_folder,
+    fetch_verified,
+    is_s3,
+    locked,
+    open_storage,
+    sha256_bytes,
+    sha256_file,
+    write_bytes_atomic,
+)
 from ..tokenstore import (
     DOC_IDS,
     OFFSETS,
@@ -50,6 +62,9 @@ class LoadedIndex:
     index: faiss.Index
     tokens: np.ndarray
     mapping: DocMapping
+    #: For an ``s3://`` index: what this process downloaded into the node cache and what
+    #: it reused (another process on the node had fetched it); None for a local folder.
+    fetched: FetchReport | None = None
 
     @property
     def dim(self) -> int:
@@ -78,10 +93,6 @@ class LoadedIndex:
     @property
     def encoder(self) -> EncoderRecord:
         return self.meta.encoder
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("COLBERT_BATCH_CACHE", "~/.cache/colbert-batch")).expanduser()
 
 
 def read_index_meta(path: str | Path) -> IndexMeta:
@@ -116,7 +127,7 @@ def index_exists(path: str | Path) -> bool:
 
 def read_index_mapping(path: str | Path, meta: IndexMeta | None = None) -> DocMapping:
     """The documents of an index (offsets and ids), validated, without the FAISS index."""
-    folder = _local_folder(path, None)
+    folder, _ = _local_folder(path, None)
     meta = meta or read_index_meta(folder)
     return _read_mapping(folder, meta, verify=True)
 
@@ -129,7 +140,9 @@ def load_index(
     Parameters
     ----------
     path
-        The folder ``colbert-batch index --out`` wrote.
+        The folder ``colbert-batch index --out`` wrote, or its ``s3://`` copy: downloaded
+        once per node into ``cache_dir`` (default :func:`default_cache_dir`) and shared by
+        every process on the node (see :mod:`colbert_core.storage.cache`).
     verify
         Check the sha256 of the FAISS index and the token store against ``meta.json``.
         Sizes are always checked, and so are the checksums of the two small mapping
@@ -139,7 +152,7 @@ def load_index(
     Whether the index's model matches a query encoder is checked where the encoder is
     loaded (:func:`colbert_core.search.queries.load_query_encoder`).
     """
-    folder = _local_folder(path, cache_dir)
+    folder, fetched = _local_folder(path, cache_dir)
     meta = read_index_meta(folder)
     for name in (INDEX_FILE, TOKENS, OFFSETS, DOC_IDS):
         _check_file(folder / name, _entry(meta, folder, name), verify or name in _ALWAYS_VERIFIED)
@@ -159,13 +172,14 @@ def load_index(
         tokens = open_float16(folder / TOKENS, meta.n_tokens, meta.dim)
     except ValueError as exc:
         raise IndexLoadError(f"{folder / TOKENS}: {exc}; rebuild the index") from exc
-    return LoadedIndex(folder, meta, index, tokens, mapping)
+    return LoadedIndex(folder, meta, index, tokens, mapping, fetched)
 
 
-def _local_folder(path: str | Path, cache_dir: Path | None) -> Path:
+def _local_folder(path: str | Path, cache_dir: Path | None) -> tuple[Path, FetchReport | None]:
     if is_s3(str(path)):
-        return _download(str(path), cache_dir or default_cache_dir())
-    return Path(path)
+        report = _download(str(path), cache_dir or default_cache_dir())
+        return report.folder, report
+    return Path(path), None
 
 
 def _entry(meta: IndexMeta, folder: Path, name: str) -> FileEntry:
@@ -208,25 +222,21 @@ def _check_file(path: Path, entry: FileEntry, verify: bool) -> None:
         raise IndexLoadError(f"{path}: sha256 differs from meta.json (corrupt); rebuild the index")
 
 
-def _download(uri: str, cache_dir: Path) -> Path:
-    """Copy an S3 index into the cache (reusing verified files) and return the folder."""
-    storage = open_storage(uri)
-    folder = cache_dir / "indexes" / sha256_bytes(uri.encode())[:16]
-    folder.mkdir(parents=True, exist_ok=True)
+def _download(uri: str, cache_dir: Path) -> FetchReport:
+    """Copy an S3 index into the node cache, once per node, and return what was done.
+
+    Every file is checked against the sizes and sha256 of the index's own ``meta.json``;
+    the cached ``meta.json`` is replaced last, under the entry's lock.
+    """
+    storage = S3Storage(uri)
     try:
         raw_meta = storage.get(META)
     except FileNotFoundError as exc:
         raise IndexLoadError(f"{storage.describe(META)} not found: not a complete index") from exc
     meta = IndexMeta.from_json(raw_meta, storage.describe(META))
-    for name, entry in meta.files.items():
-        local = folder / name
-        if (
-            local.exists()
-            and local.stat().st_size == entry.bytes
-            and sha256_file(local) == entry.sha256
-        ):
-            continue
-        logger.info("downloading %s", storage.describe(name))
-        write_bytes_atomic(local, storage.get(name))
-    write_bytes_atomic(folder / META, raw_meta)
-    return folder
+    folder = entry_folder(cache_dir, "indexes", uri)
+    expected = {name: Expected(e.bytes, e.sha256) for name, e in meta.files.items()}
+    with locked(folder):
+        report = fetch_verified(folder, expected, storage.download, storage.describe)
+        write_bytes_atomic(folder / META, raw_meta)
+    return report

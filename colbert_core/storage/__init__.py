@@ -14,19 +14,40 @@ from pathlib import Path
 from typing import Protocol
 
 from .atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from .cache import (
+    CacheError,
+    Expected,
+    FetchReport,
+    default_cache_dir,
+    entry_folder,
+    fetch_prefix,
+    fetch_verified,
+    locked,
+)
 from .hashing import file_entry, sha256_bytes, sha256_file
 from .local import LocalStorage
+from .reach import SharedStorageError, require_reachable
 from .s3 import S3Storage, StorageError
 
 __all__ = [
+    "CacheError",
+    "Expected",
+    "FetchReport",
     "LocalStorage",
     "S3Storage",
+    "SharedStorageError",
     "Storage",
     "StorageError",
+    "default_cache_dir",
+    "entry_folder",
+    "fetch_prefix",
+    "fetch_verified",
     "file_entry",
     "is_s3",
     "join_uri",
+    "locked",
     "open_storage",
+    "require_reachable",
     "sha256_bytes",
     "sha256_file",
     "write_bytes_atomic",

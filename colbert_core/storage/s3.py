@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -220,6 +221,19 @@ class S3Storage:
 
         return self._call("GET", key, fetch)
 
+    def download(self, key: str, path: Path) -> None:
+        """Stream an object into the file ``path`` (memory stays flat for any size).
+
+        ``path`` is overwritten from the start on every attempt; make it a temp file and
+        rename it once verified.
+        """
+
+        def fetch() -> None:
+            with path.open("wb") as fh:
+                self._client.download_fileobj(self.bucket, self._key(key), fh)
+
+        self._call("GET", key, fetch)
+
     def size(self, key: str) -> int | None:
         try:
             resp = self._call(
@@ -233,7 +247,11 @@ class S3Storage:
 
     def list(self, prefix: str) -> list[str]:
         """Keys under the folder ``prefix`` (``embeddings`` never matches ``embeddings2/``)."""
-        keys: list[str] = []
+        return [key for key, _, _ in self.list_objects(prefix)]
+
+    def list_objects(self, prefix: str) -> list[tuple[str, int, str]]:
+        """``(key, size, ETag)`` of every object under the folder ``prefix``, sorted."""
+        found: list[tuple[str, int, str]] = []
         token: str | None = None
         folder = self._key(prefix.strip("/")) if prefix.strip("/") else self.prefix
         full = f"{folder}/" if folder else ""
@@ -243,9 +261,12 @@ class S3Storage:
             if token:
                 kwargs["ContinuationToken"] = token
             resp = self._call("LIST", prefix, lambda kw=kwargs: self._client.list_objects_v2(**kw))
-            keys += [obj["Key"][strip:] for obj in resp.get("Contents", [])]
+            found += [
+                (obj["Key"][strip:], int(obj["Size"]), str(obj.get("ETag", "")))
+                for obj in resp.get("Contents", [])
+            ]
             if not resp.get("IsTruncated"):
-                return sorted(keys)
+                return sorted(found)
             token = resp.get("NextContinuationToken")
 
     def delete(self, key: str) -> None:

@@ -91,7 +91,9 @@ def run_items(
     max_retries: int = 3,
     depth: int = 2,
     on_tick: Callable[[], None] | None = None,
-    check_started: Callable[[list[Any]], None] | None = None,
+    on_started: Callable[[Any], None] | None = None,
+    what: str = "pool",
+    start_timeout_s: float = 300.0,
 ) -> PoolStats:
     """Call ``actor.<method>(item)`` for every item on a pool of ``n_actors`` actors.
 
@@ -100,12 +102,20 @@ def run_items(
     item that raises is retried on the same actor; after ``max_retries`` retries an
     :class:`ItemFailedError` names it (``describe(item)``). ``depth`` items are queued per
     actor so the next is in its mailbox while one runs. ``on_tick`` is called about once a
-    second; ``check_started(actors)`` once all actors are up (e.g. to compare the models
-    they loaded).
+    second.
+
+    With ``on_started``, actors have a ``start()`` method (load the model, the index) whose
+    result ``on_started`` checks (e.g. that every actor loaded the same model): the first
+    ``n_actors`` are started before any item is sent (a failure is a
+    :class:`WorkerStartError` naming ``what``); a replacement joins the pool only once its
+    ``start()`` has returned, so while it waits for room (its node was lost and the
+    survivors hold the CPUs) the surviving actors carry on with every item. If no actor
+    is left and none starts within ``start_timeout_s``, the job fails saying so.
     """
     pool = _Pool(new_actor, method, describe, max_retries, depth)
+    pool.on_started, pool.what, pool.start_timeout_s = on_started, what, start_timeout_s
     try:
-        pool.start(n_actors, check_started)
+        pool.start(n_actors)
         pool.run(iter(items), on_result, on_tick)
     finally:
         pool.close()
@@ -131,13 +141,27 @@ class _Pool:
         self.load: dict[Any, int] = {}  # actor -> items queued on it
         self.pending: dict[Any, tuple[Any, Any, int, Any]] = {}  # ref -> actor, item, try, arg
         self.retry: deque[tuple[Any, Any, int]] = deque()
+        self.starting: dict[Any, Any] = {}  # start() ref -> replacement actor
         self.stats = PoolStats()
+        self.on_started: Callable[[Any], None] | None = None
+        self.what = "pool"
+        self.start_timeout_s = 300.0
+        self.idle_since: float | None = None  # when the pool last had no started actor
 
-    def start(self, n_actors: int, check_started: Callable[[list[Any]], None] | None) -> None:
-        for _ in range(n_actors):
-            self.load[self.new_actor()] = 0
-        if check_started is not None:
-            check_started(list(self.load))
+    def start(self, n_actors: int) -> None:
+        actors = [self.new_actor() for _ in range(n_actors)]
+        self.load.update(dict.fromkeys(actors, 0))
+        if self.on_started is not None:
+            for description in started_descriptions(actors, self.what):
+                self.on_started(description)
+
+    def replace(self) -> None:
+        """Start a replacement actor; it joins once started (see :func:`run_items`)."""
+        actor = self.new_actor()
+        if self.on_started is None:
+            self.load[actor] = 0
+        else:
+            self.starting[actor.start.remote()] = actor
 
     def run(
         self,
@@ -159,12 +183,51 @@ class _Pool:
                 self.submit(ray.put(item), item, 1)
             if not self.pending and not self.retry:
                 return
-            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=1.0)
+            self.check_not_stranded()
+            ready, _ = ray.wait([*self.pending, *self.starting], num_returns=1, timeout=1.0)
             if on_tick is not None and time.monotonic() - last_tick > 1.0:
                 on_tick()
                 last_tick = time.monotonic()
             for ref in ready:
-                self.collect(ref, on_result)
+                if ref in self.starting:
+                    self.joined(ref)
+                else:
+                    self.collect(ref, on_result)
+
+    def joined(self, ref: Any) -> None:
+        """A replacement's ``start()`` returned: check it, then give it work."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        actor = self.starting.pop(ref)
+        try:
+            description = ray.get(ref)
+        except RayActorError:  # lost before it started (its node went too): try again
+            self.replace()
+            return
+        except Exception as exc:
+            ray.kill(actor, no_restart=True)
+            raise WorkerStartError(
+                f"a replacement {self.what} worker failed to start: {short(cause_of(exc))}"
+            ) from exc
+        if self.on_started is not None:
+            self.on_started(description)
+        self.load[actor] = 0
+        logger.info("a replacement %s worker joined the pool", self.what)
+
+    def check_not_stranded(self) -> None:
+        """Fail, rather than wait forever, when every actor is gone and none can start."""
+        if self.load:
+            self.idle_since = None
+            return
+        now = time.monotonic()
+        self.idle_since = self.idle_since or now
+        if now - self.idle_since > self.start_timeout_s:
+            raise WorkerStartError(
+                f"no {self.what} worker has been running for {self.start_timeout_s:.0f} s: "
+                "the workers were lost and no replacement could be placed (nodes gone, or "
+                "no free CPU/GPU); add nodes or lower --workers / --cpus-per-worker"
+            )
 
     def has_room(self) -> bool:
         return any(n < self.depth for n in self.load.values())
@@ -200,7 +263,7 @@ class _Pool:
             # Its other queued items fail too; replace it once, here.
             del self.load[actor]
             ray.kill(actor, no_restart=True)
-            self.load[self.new_actor()] = 0
+            self.replace()
             self.stats.replaced += 1
         elif not dead and actor in self.load:
             self.load[actor] -= 1
@@ -222,7 +285,7 @@ class _Pool:
     def close(self) -> None:
         import ray
 
-        for actor in self.load:
+        for actor in [*self.load, *self.starting.values()]:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
 

@@ -21,9 +21,9 @@ from typing import Any
 from colbert_core.embeddings import EncodeConfig, ShardInfo, ShardTask, encode_shard
 from colbert_core.encoder import EncoderRecord
 
-from .actor_pool import PoolStats, run_items, short, started_descriptions
+from .actor_pool import PoolStats, run_items, short
 from .hooks import park_point
-from .runtime import Placement
+from .runtime import Placement, driver_node_affinity, node_identity
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class EncoderWorker:
         self.torch_threads = torch_threads
         self.tracker = tracker
         self.encoder: Any = None
-        self.stats = {"docs": 0, "tokens": 0, "busy_s": 0.0, "shards": 0}
+        self.stats: dict[str, Any] = {"docs": 0, "tokens": 0, "busy_s": 0.0, "shards": 0}
 
     def start(self) -> EncoderRecord:
         """Load the encoder (once) and describe it."""
@@ -70,6 +70,7 @@ class EncoderWorker:
                 dtype=self.config.dtype,
             )
             self.storage = open_storage(self.config.out)
+            self.stats.update(node_identity())
         return self.encoder.describe()
 
     def pid(self) -> int:
@@ -96,6 +97,11 @@ class EncoderWorker:
         self.stats["busy_s"] += time.perf_counter() - start
         self.stats["shards"] += 1
         return info, {"pid": os.getpid(), **self.stats}
+
+
+def describe_shard(task: ShardTask) -> str:
+    last = task.first_doc + len(task.docs) - 1
+    return f"shard {task.shard_id} ({task.name}, documents {task.first_doc}..{last})"
 
 
 class ProgressTracker:
@@ -149,11 +155,15 @@ def run_pool(
     ``on_started(record)`` is called with every actor's encoder once all are up;
     ``on_done(info)`` in the driver for each stored shard (in completion order);
     ``on_progress(docs, tokens)`` with running totals about once a second. Returns the
-    last statistics reported by each worker.
+    last statistics reported by each worker, keyed ``<node id prefix>:<pid>``.
     """
     import ray
 
-    tracker = ray.remote(num_cpus=0)(tracker_cls).remote()
+    # On the driver's node: progress survives the loss of any worker node.
+    tracker = ray.remote(num_cpus=0)(tracker_cls).options(
+        scheduling_strategy=driver_node_affinity()
+    )
+    tracker = tracker.remote()
     actor_cls = ray.remote(EncoderWorker).options(
         num_cpus=placement.num_cpus,
         num_gpus=placement.num_gpus,
@@ -162,14 +172,10 @@ def run_pool(
     )
     worker_stats: dict[str, dict[str, Any]] = {}
 
-    def started(actors: list[Any]) -> None:
-        for record in started_descriptions(actors, "encoder"):
-            if on_started is not None:
-                on_started(record)
-
     def done(task: ShardTask, result: tuple[ShardInfo, dict[str, Any]]) -> None:
         info, stats = result
-        worker_stats[str(stats["pid"])] = stats
+        # pids repeat across nodes: the node makes the key unique
+        worker_stats[f"{str(stats.get('node_id'))[:12]}:{stats['pid']}"] = stats
         on_done(info)
 
     try:
@@ -178,14 +184,12 @@ def run_pool(
             placement.workers,
             "encode",
             tasks,
-            describe=lambda t: (
-                f"shard {t.shard_id} ({t.name}, documents {t.first_doc}.."
-                f"{t.first_doc + len(t.docs) - 1})"
-            ),
+            describe=describe_shard,
             on_result=done,
             max_retries=max_retries,
             on_tick=lambda: poll_progress(tracker, on_progress, progress_timeout_s),
-            check_started=started,
+            on_started=on_started or (lambda record: None),
+            what="encoder",
         )
         poll_progress(tracker, on_progress, progress_timeout_s)
     finally:

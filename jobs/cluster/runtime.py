@@ -7,8 +7,10 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from colbert_core.config import check_non_negative, check_positive
+from colbert_core.storage import require_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ class ClusterOptions:
         torch threads per CPU actor (fixed, so results do not depend on ``workers``).
     max_retries
         Retries of a failed work item before the job fails naming it.
+    shared_fs
+        Local paths are on a mount every node sees at the same path (NFS, EFS, Lustre);
+        without it a multi-node cluster accepts only ``s3://`` for what workers read or
+        write (:func:`colbert_core.storage.require_reachable`).
     """
 
     ray_address: str | None = None
@@ -43,6 +49,7 @@ class ClusterOptions:
     gpus_per_worker: float | None = None
     threads_per_worker: int = 1
     max_retries: int = 3
+    shared_fs: bool = False
 
     def __post_init__(self) -> None:
         check_positive(self, "workers", "cpus_per_worker", "threads_per_worker")
@@ -53,6 +60,8 @@ class ClusterOptions:
 class ClusterResources:
     cpus: float
     gpus: float
+    #: Alive nodes: more than one means remote workers see other disks than the driver.
+    nodes: int = 1
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,39 @@ def connect(address: str | None = None) -> ClusterResources:
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=True)
             logger.info("started a local Ray cluster (%d CPUs)", os.cpu_count() or 1)
     total = ray.cluster_resources()
-    return ClusterResources(cpus=float(total.get("CPU", 0.0)), gpus=float(total.get("GPU", 0.0)))
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    return ClusterResources(
+        cpus=float(total.get("CPU", 0.0)), gpus=float(total.get("GPU", 0.0)), nodes=nodes
+    )
+
+
+def connect_for(
+    address: str | None, paths: dict[str, str | None], *, shared_fs: bool
+) -> ClusterResources:
+    """:func:`connect`, then refuse local ``paths`` (option -> path) that workers would use
+    when the cluster has several nodes and ``shared_fs`` is not declared."""
+    res = connect(address)
+    require_reachable(paths, nodes=res.nodes, shared_fs=shared_fs)
+    if res.nodes > 1:
+        logger.info("Ray cluster of %d nodes (%g CPUs, %g GPUs)", res.nodes, res.cpus, res.gpus)
+    return res
+
+
+def node_identity() -> dict[str, str]:
+    """The Ray node this process runs on (for per-node counts in job summaries)."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+
+
+def driver_node_affinity() -> Any:
+    """A scheduling strategy that keeps a helper actor on the driver's node: it then lives
+    as long as the driver, whichever worker node is lost."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
 def cpu_share(res: ClusterResources, actors: int) -> float:

@@ -13,9 +13,9 @@ from typing import Any
 from colbert_core.data import Query
 from colbert_core.search import Ranked, SearchParams
 
-from .actor_pool import PoolStats, run_items, started_descriptions
+from .actor_pool import PoolStats, WorkerStartError, run_items
 from .hooks import park_point
-from .runtime import Placement
+from .runtime import Placement, node_identity
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class QueryAnswer:
     truncated_tokens: int
     timings: dict[str, float]
     worker: int = 0
+    node_id: str = ""
 
 
 @dataclass
@@ -47,6 +48,9 @@ class PoolResult:
     encoder: dict[str, Any]
     per_worker: dict[str, int] = field(default_factory=dict)
     pool: PoolStats = field(default_factory=PoolStats)
+    #: Per node: queries answered, actors started, index files each node's actors
+    #: downloaded into the node cache and reused from it (an ``s3://`` index).
+    per_node: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class SearchWorker:
@@ -74,12 +78,16 @@ class SearchWorker:
             self.encoder = load_query_encoder(loaded.meta.encoder, self.model)
             self.params = default_params(loaded.meta, self.requested)
             self.scorer = CandidateScorer()  # buffers reused by every batch of this actor
+            self.node = node_identity()
             self.loaded = loaded
+        fetched = self.loaded.fetched
         return {
             "fingerprint": self.encoder.fingerprint,
             "pid": os.getpid(),
             "params": dataclasses.asdict(self.params),
             "encoder": self.encoder.describe().to_dict(),
+            **self.node,
+            "cache": fetched.to_dict() if fetched is not None else None,
         }
 
     def search(self, batch: QueryBatch) -> list[QueryAnswer]:
@@ -99,6 +107,7 @@ class SearchWorker:
                 truncated_tokens=encoded.truncated.get(q.query_id, 0),
                 timings={"query_encoding_s": enc_each, **r.timings},
                 worker=os.getpid(),
+                node_id=self.node["node_id"],
             )
             for q, r in zip(batch.queries, results, strict=True)
         ]
@@ -125,25 +134,7 @@ def search_with_pool(
         QueryBatch(i // batch_size, tuple(queries[i : i + batch_size]))
         for i in range(0, len(queries), batch_size)
     ]
-    answers: dict[str, QueryAnswer] = {}
-    per_worker: dict[str, int] = {}
-    info: dict[str, Any] = {}
-
-    def started(actors: list[Any]) -> None:
-        descriptions = started_descriptions(actors, "search")
-        info.update(descriptions[0])
-        if len({d["fingerprint"] for d in descriptions}) != 1:
-            raise RuntimeError("search workers loaded different query encoders")
-
-    def done(batch: QueryBatch, rows: list[QueryAnswer]) -> None:
-        for row in rows:
-            if row.query_id in answers:  # pragma: no cover - guarded by the pool
-                raise RuntimeError(f"query {row.query_id} answered twice")
-            answers[row.query_id] = row
-            per_worker[str(row.worker)] = per_worker.get(str(row.worker), 0) + 1
-        if on_batch is not None:
-            on_batch(len(rows))
-
+    book = _Book(on_batch)
     stats = run_items(
         lambda: actor_cls.remote(index, model, params, placement.torch_threads),
         placement.workers,
@@ -152,9 +143,50 @@ def search_with_pool(
         describe=lambda b: (
             f"query batch {b.batch_id} ({len(b.queries)} queries, first {b.queries[0].query_id!r})"
         ),
-        on_result=done,
+        on_result=book.done,
         max_retries=max_retries,
-        check_started=started,
+        on_started=book.started,
+        what="search",
     )
-    resolved = SearchParams(**info["params"])
-    return PoolResult(answers, resolved, info["encoder"], per_worker, stats)
+    resolved = SearchParams(**book.info["params"])
+    return PoolResult(
+        book.answers, resolved, book.info["encoder"], book.per_worker, stats, book.per_node
+    )
+
+
+class _Book:
+    """The driver's record of a search pool: answers, and who started and answered what."""
+
+    def __init__(self, on_batch: Callable[[int], None] | None):
+        self.on_batch = on_batch
+        self.answers: dict[str, QueryAnswer] = {}
+        self.per_worker: dict[str, int] = {}
+        self.per_node: dict[str, dict[str, Any]] = {}
+        self.info: dict[str, Any] = {}  # the first actor's description
+
+    def started(self, description: dict[str, Any]) -> None:
+        """Every actor (replacements too) must load the first one's query encoder."""
+        if not self.info:
+            self.info.update(description)
+        elif description["fingerprint"] != self.info["fingerprint"]:
+            raise WorkerStartError(
+                "search workers loaded different query encoders (fingerprints "
+                f"{self.info['fingerprint']} vs {description['fingerprint']}); make the "
+                "model identical on every node"
+            )
+        node = self.per_node.setdefault(
+            description["node_id"], {"node_ip": description["node_ip"], "actors": 0, "queries": 0}
+        )
+        node["actors"] += 1
+        for key, n in (description["cache"] or {}).items():
+            node[f"cache_{key}"] = node.get(f"cache_{key}", 0) + n
+
+    def done(self, batch: QueryBatch, rows: list[QueryAnswer]) -> None:
+        for row in rows:
+            if row.query_id in self.answers:  # pragma: no cover - guarded by the pool
+                raise RuntimeError(f"query {row.query_id} answered twice")
+            self.answers[row.query_id] = row
+            self.per_worker[str(row.worker)] = self.per_worker.get(str(row.worker), 0) + 1
+            self.per_node[row.node_id]["queries"] += 1
+        if self.on_batch is not None:
+            self.on_batch(len(rows))

@@ -24,7 +24,7 @@ from colbert_core.embeddings import (
 from colbert_core.encoder import EncoderRecord
 from colbert_core.storage import open_storage
 
-from ..cluster import ClusterOptions, connect, place
+from ..cluster import ClusterOptions, connect_for, place
 from ..cluster.encode_actors import run_pool
 from ..cluster.hooks import park_point
 from ..console import print_json, progress_bar
@@ -51,8 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--model",
-        help="checkpoint directory or alias (default: minilm, the packaged "
-        "all-MiniLM-L6-v2); must exist on every worker node",
+        help="checkpoint directory, alias (default: minilm, the packaged all-MiniLM-L6-v2) "
+        "or s3://bucket/models/NAME/ (downloaded once per node, checked); a directory must "
+        "hold identical files on every worker node",
     )
     p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix (ROOT)")
     p.add_argument(
@@ -113,6 +114,16 @@ def add_cluster_arguments(p: argparse.ArgumentParser, *, gpus: bool) -> None:
     p.add_argument(
         "--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local one)"
     )
+    add_shared_fs_argument(p)
+
+
+def add_shared_fs_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shared-fs",
+        action="store_true",
+        help="local paths are on a mount every node sees at the same path (NFS, EFS, "
+        "Lustre); without it a multi-node cluster takes s3:// for what workers read or write",
+    )
 
 
 def run(config: Config) -> Manifest:
@@ -121,7 +132,10 @@ def run(config: Config) -> Manifest:
     driver = _Driver(job, config.overwrite)
     corpus, rejects = open_job_corpus(job)
     shards = corpus_shards(job, corpus, rejects, driver.storage)  # an empty corpus: refused
-    placement = place(config.cluster, connect(config.cluster.ray_address), use_gpus=True)
+    res = connect_for(
+        config.cluster.ray_address, {"--out": job.out}, shared_fs=config.cluster.shared_fs
+    )
+    placement = place(config.cluster, res, use_gpus=True)
     logger.info(
         "encoding %s -> %s with %d worker(s) (%.2g CPU, %.2g GPU, %s torch threads each)",
         job.corpus,
@@ -144,6 +158,7 @@ def run(config: Config) -> Manifest:
             on_started=driver.started,
         )
     driver.book.summary.workers = _worker_summary(stats)
+    driver.book.summary.nodes = _node_summary(stats)
     driver.book.summary.retries = pool.retries
     driver.book.summary.replaced_workers = pool.replaced
     return driver.book.finish(rejects)
@@ -206,6 +221,7 @@ class _Driver:
 def _worker_summary(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {
         pid: {
+            "node_id": s.get("node_id"),
             "shards": s["shards"],
             "docs": s["docs"],
             "tokens": s["tokens"],
@@ -215,6 +231,20 @@ def _worker_summary(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
         }
         for pid, s in stats.items()
     }
+
+
+def _node_summary(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per node: its workers and what they encoded (this run's shards, not skipped ones)."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for s in stats.values():
+        node = nodes.setdefault(
+            str(s.get("node_id")),
+            {"node_ip": s.get("node_ip"), "workers": 0, "shards": 0, "docs": 0, "tokens": 0},
+        )
+        node["workers"] += 1
+        for key in ("shards", "docs", "tokens"):
+            node[key] += s[key]
+    return nodes
 
 
 def report(config: Config, manifest: Manifest) -> None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from colbert_core.config import check_positive
 from colbert_core.embeddings import Embeddings
 from colbert_core.index import IndexConfig, IndexMeta, build_index, load_index
 
-from ..cluster.index_tasks import ray_parallel_add
+from ..cluster import connect_for
+from ..cluster.index_tasks import RayParallelAdd
 from ..console import print_json, progress_bar
+from .encode import add_shared_fs_argument
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +30,19 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     workers: int = 1
     ray_address: str | None = None
+    shared_fs: bool = False
 
     def __post_init__(self) -> None:
         check_positive(self, "workers")
+
+
+@dataclass(frozen=True)
+class Built:
+    """What an index job made: the index's meta and, for a parallel add, where its
+    groups ran (node id -> ip and group count)."""
+
+    meta: IndexMeta
+    groups_per_node: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,10 +66,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Ray tasks filling IVF indices in parallel (default 1: in this process)",
     )
     p.add_argument("--ray-address", help="join this Ray cluster for --workers > 1")
+    add_shared_fs_argument(p)
 
 
-def run(config: Config) -> IndexMeta:
-    """Build the index, then load what was written (it must validate); returns its meta."""
+def run(config: Config) -> Built:
+    """Build the index, then load what was written (it must validate)."""
+    parallel = None
+    if config.workers > 1:
+        # Ray tasks on any node read the shards: they must be reachable from all of them.
+        connect_for(
+            config.ray_address, {"--embeddings": config.embeddings}, shared_fs=config.shared_fs
+        )
+        parallel = RayParallelAdd(config.embeddings, config.ray_address)
     store = Embeddings(config.embeddings)
     spec = config.index.resolve(n_tokens=store.n_tokens, dim=store.dim)
     logger.info(
@@ -66,9 +87,6 @@ def run(config: Config) -> IndexMeta:
         store.n_docs,
         store.dim,
     )
-    parallel = None
-    if config.workers > 1:
-        parallel = ray_parallel_add(config.embeddings, config.ray_address)
     with progress_bar(store.n_tokens, "index", unit="tok") as bar:
 
         def progress(stage: str, n: int) -> None:
@@ -85,11 +103,14 @@ def run(config: Config) -> IndexMeta:
             build=config.index.to_dict(),
         )
     load_index(config.out)  # what we wrote must load and validate
-    return meta
+    return Built(meta, parallel.groups_per_node if parallel is not None else {})
 
 
-def report(config: Config, meta: IndexMeta) -> None:
-    summary = meta.to_dict()
+def report(config: Config, built: Built) -> None:
+    summary = built.meta.to_dict()
     keys = ("type", "factory", "dim", "n_tokens", "n_docs", "bytes_per_token", "train_s")
-    print_json({k: summary[k] for k in (*keys, "add_s", "peak_rss_mb")})
+    shown = {k: summary[k] for k in (*keys, "add_s", "peak_rss_mb")}
+    if built.groups_per_node:
+        shown["parallel_add_nodes"] = built.groups_per_node
+    print_json(shown)
     print(f"index written to {config.out}")

@@ -36,6 +36,7 @@ from colbert_core.index import index_exists, read_index_meta, read_index_meta_wi
 from colbert_core.storage import join_uri
 
 from . import encode, index, search
+from .encode import add_shared_fs_argument
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Config:
     config: str
     force: bool = False
     ray_address: str | None = None
+    shared_fs: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,11 @@ class Stages:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="pipeline YAML file")
     p.add_argument("--ray-address", help="join this Ray cluster")
+    add_shared_fs_argument(p)
     p.add_argument("--force", action="store_true", help="re-run every stage")
 
 
-def load_stages(path: str, ray_address: str | None = None) -> Stages:
+def load_stages(path: str, ray_address: str | None = None, shared_fs: bool = False) -> Stages:
     """Read a pipeline YAML into the stage configs.
 
     Raises
@@ -92,7 +95,10 @@ def load_stages(path: str, ray_address: str | None = None) -> Stages:
         raise PipelineConfigError(f"{path}: set `dataset`, or both `corpus` and `queries`")
     qrels = raw.get("qrels", dataset if queries == dataset else None)
     out = str(raw.get("out", "out/pipeline"))
+    # Where the cluster is and whether its disks are shared describe the deployment, not
+    # the experiment: command-line options, never YAML keys.
     cluster = {"ray_address": ray_address} if ray_address else {}
+    cluster |= {"shared_fs": True} if shared_fs else {}
     index_type = _section(raw, "index", path).get("type", "ivfpq")
     fixed = {
         "encode": {
@@ -140,7 +146,7 @@ def _stage_config(
     cls: type, section: dict[str, Any], fixed: dict[str, Any], path: str, name: str
 ) -> Any:
     """One stage's config: the section's keys plus what the top level fixes."""
-    allowed = allowed_keys(cls) - set(fixed) - {"ray_address"}
+    allowed = allowed_keys(cls) - set(fixed) - {"ray_address", "shared_fs"}
     unknown = set(section) - allowed
     if unknown:
         raise PipelineConfigError(
@@ -154,7 +160,7 @@ def _stage_config(
 
 
 def run(config: Config) -> Stages:
-    stages = load_stages(config.config, config.ray_address)
+    stages = load_stages(config.config, config.ray_address, config.shared_fs)
     _encode_stage(stages.encode, config.force)
     _index_stage(stages.index, config.force)
     _search_stage(stages.search, config.force)

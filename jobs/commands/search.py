@@ -33,9 +33,10 @@ from colbert_core.search import (
     report_queries,
 )
 
-from ..cluster import ClusterOptions, connect, place
+from ..cluster import ClusterOptions, connect_for, place
 from ..cluster.search_actors import PoolResult, search_with_pool
 from ..console import progress_bar
+from .encode import add_shared_fs_argument
 from .evaluate import print_metrics
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--memory-budget-mb", type=int, help="bound of the similarity block in memory (512)"
     )
+    add_shared_fs_argument(p)
 
 
 def add_query_arguments(p: argparse.ArgumentParser) -> None:
@@ -182,7 +184,10 @@ def _indexed(
 ) -> tuple[dict[str, Ranked], RunMetrics, set[str], dict[str, dict[str, float]]]:
     meta, meta_sha = read_index_meta_with_sha256(config.index)
     collection = set(read_index_mapping(config.index, meta).doc_ids)  # validated up front
-    placement = place(config.cluster, connect(config.cluster.ray_address), use_gpus=False)
+    res = connect_for(
+        config.cluster.ray_address, {"--index": config.index}, shared_fs=config.cluster.shared_fs
+    )
+    placement = place(config.cluster, res, use_gpus=False)
     with progress_bar(len(loaded.queries), "search", unit="q") as bar:
         pool = search_with_pool(
             config.index,
@@ -211,6 +216,7 @@ def _indexed(
             "actors": placement.workers,
             "threads_per_worker": placement.torch_threads,
             "queries_per_actor": pool.per_worker,
+            "nodes": pool.per_node,
             "retried_batches": pool.pool.retries,
             "replaced_actors": pool.pool.replaced,
         },
