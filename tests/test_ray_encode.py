@@ -225,6 +225,54 @@ def test_pool_holds_at_most_depth_items_per_actor(ray_address: str) -> None:
     assert counts["ahead"] == 2 * 2
 
 
+def test_an_actor_that_cannot_be_placed_holds_no_items(
+    ray_address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One of two actors asks for more CPUs than any node has (as after a node loss): the
+    job neither waits for it nor queues items on it; the placed actor does every item, and
+    with no placeable actor at all the job fails after ``start_timeout_s``, saying why."""
+    import ray
+
+    from jobs.cluster import actor_pool
+    from jobs.cluster.actor_pool import WorkerStartError, run_items
+
+    monkeypatch.setattr(actor_pool, "START_GRACE_S", 1.0)
+
+    class Echo:
+        def start(self) -> str:
+            return "ok"
+
+        def work(self, item: int) -> int:
+            return item
+
+    placeable = ray.remote(num_cpus=0.1)(Echo)
+    too_big = ray.remote(num_cpus=64)(Echo)
+    made = iter([placeable, too_big])
+    done: list[int] = []
+    run_items(
+        lambda: next(made).remote(),
+        2,
+        "work",
+        range(10),
+        describe=str,
+        on_result=lambda item, result: done.append(result),
+        on_started=lambda description: None,
+    )
+    assert sorted(done) == list(range(10))
+    with pytest.raises(WorkerStartError, match="no echo worker has been running for 2 s"):
+        run_items(
+            too_big.remote,
+            1,
+            "work",
+            range(3),
+            describe=str,
+            on_result=lambda item, result: None,
+            on_started=lambda description: None,
+            what="echo",
+            start_timeout_s=2.0,
+        )
+
+
 def test_batch_size_changes_batching_only(
     clean_run: Path, scifact_subset: Path, ray_address: str, tmp_path: Path
 ) -> None:

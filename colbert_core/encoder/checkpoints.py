@@ -92,7 +92,7 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
 def _fetch_s3_model(uri: str) -> Path:
     try:
         return fetch_prefix(S3Storage(uri)).folder
-    except ColbertBatchError as exc:
+    except (ColbertBatchError, FileNotFoundError) as exc:  # not found: deleted meanwhile
         raise CheckpointError(f"model {uri}: {exc}") from exc
 
 

@@ -27,6 +27,7 @@ from ..storage import (
     entry_folder,
     fetch_verified,
     is_s3,
+    local_disk_errors,
     locked,
     open_storage,
     sha256_bytes,
@@ -234,9 +235,9 @@ def _download(uri: str, cache_dir: Path) -> FetchReport:
     except FileNotFoundError as exc:
         raise IndexLoadError(f"{storage.describe(META)} not found: not a complete index") from exc
     meta = IndexMeta.from_json(raw_meta, storage.describe(META))
-    folder = entry_folder(cache_dir, "indexes", uri)
+    folder = entry_folder(cache_dir, "indexes", storage.uri)  # one entry per index
     expected = {name: Expected(e.bytes, e.sha256) for name, e in meta.files.items()}
-    with locked(folder):
+    with local_disk_errors(storage.uri, folder), locked(folder):
         report = fetch_verified(folder, expected, storage.download, storage.describe)
         write_bytes_atomic(folder / META, raw_meta)
     return report

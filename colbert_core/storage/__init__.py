@@ -22,6 +22,7 @@ from .cache import (
     entry_folder,
     fetch_prefix,
     fetch_verified,
+    local_disk_errors,
     locked,
 )
 from .hashing import file_entry, sha256_bytes, sha256_file
@@ -45,6 +46,7 @@ __all__ = [
     "file_entry",
     "is_s3",
     "join_uri",
+    "local_disk_errors",
     "locked",
     "open_storage",
     "require_reachable",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -68,6 +67,21 @@ def entry_folder(cache_dir: Path, kind: str, uri: str) -> Path:
     '/c/indexes/028d41b6a1701bd3'
     """
     return cache_dir / kind / sha256_bytes(uri.encode())[:16]
+
+
+@contextlib.contextmanager
+def local_disk_errors(what: str, folder: Path) -> Iterator[None]:
+    """Turn a failure of the cache's own disk (no room, no permission, a file deleted at
+    the source between listing and download) into a :class:`CacheError` with the fix."""
+    try:
+        yield
+    except ColbertBatchError:
+        raise
+    except OSError as exc:
+        raise CacheError(
+            f"cannot cache {what} in {folder}: {exc}; point ${CACHE_ENV} at a writable "
+            "folder on this node's local disk with room for it"
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -159,16 +173,21 @@ def fetch_prefix(
     """Download every object under an S3 prefix (a model checkpoint) into the node cache.
 
     S3 records no sha256 for an arbitrary prefix, so the listing is the record: each
-    object's size, and its MD5 where the ETag is one (single-part uploads). The entry is
-    keyed by the URI and the listing, so replaced objects land in a fresh entry; the
-    sha256 of every file downloaded is written to ``.download.json`` and checked on reuse.
+    object's size and ETag key the entry (replaced objects land in a fresh entry), each
+    download must have the listed size (botocore checks the transfer's own checksum where
+    S3 sends one), and the sha256 of every file downloaded is written to
+    ``.download.json`` and checked on reuse. (An ETag is not compared with an MD5: for
+    KMS-encrypted or multipart objects it is not one.)
 
     Raises
     ------
     CacheError
         When the prefix holds no objects, or a download does not match its listing.
     """
-    listing = storage.list_objects("")
+    listing = [obj for obj in storage.list_objects("") if not obj[0].endswith("/")]
+    for name, _, _ in listing:  # folder markers (keys ending in "/") are skipped above
+        if name.startswith("/") or ".." in name.split("/"):
+            raise CacheError(f"{storage.describe(name)}: a key that leaves its prefix; rename it")
     if not listing:
         raise CacheError(
             f"{storage.uri}/ holds no objects; upload the checkpoint directory there "
@@ -178,7 +197,7 @@ def fetch_prefix(
     stamp = sha256_bytes(json.dumps(listing, sort_keys=True).encode())[:12]
     folder = entry_folder(cache_dir, kind, f"{storage.uri}@{stamp}")
     record = folder / ".download.json"
-    with locked(folder):
+    with local_disk_errors(storage.uri, folder), locked(folder):
         if record.is_file():
             expected = {
                 name: Expected(**want) for name, want in json.loads(record.read_text()).items()
@@ -197,17 +216,10 @@ def fetch_prefix(
 
 def _check_listing(where: str, path: Path, size: int, etag: str) -> dict[str, int | str]:
     """Check a downloaded object against its listing; return its size and sha256."""
-    etag = etag.strip('"')
-    md5, sha256 = hashlib.md5(), hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            md5.update(block)
-            sha256.update(block)
     got = path.stat().st_size
-    md5_etag = len(etag) == 32 and "-" not in etag  # multipart ETags are not MD5s
-    if got != size or (md5_etag and md5.hexdigest() != etag):
+    if got != size:
         raise CacheError(
-            f"{where}: downloaded {got} bytes that do not match the S3 listing "
-            f"({size} bytes, ETag {etag}); the object changed while it was read - retry"
+            f"{where}: downloaded {got} bytes but the S3 listing says {size} (ETag {etag}); "
+            "the object changed while it was read - run the job again"
         )
-    return {"bytes": got, "sha256": sha256.hexdigest()}
+    return {"bytes": got, "sha256": sha256_file(path)}

@@ -19,9 +19,18 @@ class SharedStorageError(ConfigError):
     """A local path was given to workers of a multi-node cluster without ``--shared-fs``."""
 
 
-def require_reachable(paths: Mapping[str, str | None], *, nodes: int, shared_fs: bool) -> None:
-    """Refuse local ``paths`` (option name -> path) that remote workers of a ``nodes``-node
-    cluster would read or write, unless ``shared_fs`` declares them shared.
+def require_reachable(
+    paths: Mapping[str, str | None],
+    *,
+    nodes: int,
+    shared_fs: bool,
+    remote: bool | None = None,
+) -> None:
+    """Refuse local ``paths`` (option name -> path) that workers on other nodes than the
+    driver would read or write, unless ``shared_fs`` declares them shared.
+
+    ``remote`` says whether workers may run on another node (default: ``nodes > 1``; also
+    true for a one-node cluster whose head offers no CPU, as workers will be elsewhere).
 
     >>> require_reachable({"--out": "out/x"}, nodes=1, shared_fs=False)
     >>> require_reachable({"--out": "s3://b/x"}, nodes=3, shared_fs=False)
@@ -32,14 +41,19 @@ def require_reachable(paths: Mapping[str, str | None], *, nodes: int, shared_fs:
     """
     from . import is_s3  # the package's one rule for what is S3
 
-    if nodes <= 1 or shared_fs:
+    if not (nodes > 1 if remote is None else remote) or shared_fs:
         return
     for option, path in paths.items():
         if path is None or is_s3(path):
             continue
+        where = (
+            f"the Ray cluster has {nodes} nodes that share no disk"
+            if nodes > 1
+            else "this node offers no CPU or GPU, so workers run on nodes yet to start"
+        )
         raise SharedStorageError(
-            f"{option} {path} is a local path, but the Ray cluster has {nodes} nodes that "
-            "share no disk: workers on other nodes cannot see it. Use an s3://bucket/prefix, "
+            f"{option} {path} is a local path, but {where}: workers on other nodes cannot "
+            "see it. Use an s3://bucket/prefix, "
             f"or pass --shared-fs if {path} is a shared mount (NFS, EFS, Lustre) at the same "
             "path on every node.",
             key=option,

@@ -229,8 +229,15 @@ class S3Storage:
         """
 
         def fetch() -> None:
+            from s3transfer.exceptions import RetriesExceededError
+
             with path.open("wb") as fh:
-                self._client.download_fileobj(self.bucket, self._key(key), fh)
+                try:
+                    self._client.download_fileobj(self.bucket, self._key(key), fh)
+                except RetriesExceededError as exc:
+                    # s3transfer's own retries gave up: hand its (botocore) cause to our
+                    # retry loop, which knows which errors outlast a restart.
+                    raise exc.last_exception from exc
 
         self._call("GET", key, fetch)
 

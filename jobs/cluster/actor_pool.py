@@ -21,6 +21,13 @@ from colbert_core.errors import ColbertBatchError
 logger = logging.getLogger(__name__)
 
 
+#: Actors lost one after another before their ``start()`` returned (nodes dying, actors
+#: killed while loading): then the job stops, naming the last cause.
+MAX_START_LOSSES = 5
+#: How long a job waits for all its first actors before it starts with those that are up.
+START_GRACE_S = 120.0
+
+
 class ItemFailedError(ColbertBatchError, RuntimeError):
     """An item kept failing after its retries, for a reason the user can act on (a storage
     error, bad input, a worker killed again and again)."""
@@ -43,33 +50,15 @@ def is_user_error(exc: BaseException) -> bool:
     return isinstance(cause_of(exc), ColbertBatchError) or isinstance(exc, RayActorError)
 
 
-def started_descriptions(actors: list[Any], what: str) -> list[Any]:
-    """Start every actor (``actor.start()``) and return what each describes.
-
-    Raises
-    ------
-    WorkerStartError
-        When a worker failed to start for a reason the user can fix; other failures
-        propagate unchanged (a bug shows its traceback).
-    """
-    import ray
-    from ray.exceptions import RayError
-
-    results, failure = [], None
-    # One get per actor: every failure is collected (Ray logs uncollected ones as noise).
-    for ref in [a.start.remote() for a in actors]:
-        try:
-            results.append(ray.get(ref))
-        except RayError as exc:
-            failure = failure or exc
-    if failure is None:
-        return results
-    if is_user_error(failure):
-        cause = cause_of(failure)
-        # The whole message: it names the file or setting to fix.
-        reason = f"{type(cause).__name__}: {cause}" if cause is not failure else short(failure)
-        raise WorkerStartError(f"{what} workers failed to start: {reason}") from failure
-    raise failure
+def start_error(failure: BaseException, what: str) -> BaseException:
+    """What to raise for a worker whose ``start()`` failed: a :class:`WorkerStartError`
+    with the whole message (it names the file or setting to fix) when the user can fix
+    it; otherwise the failure itself (a bug shows its traceback)."""
+    if not is_user_error(failure):
+        return failure
+    cause = cause_of(failure)
+    reason = f"{type(cause).__name__}: {cause}" if cause is not failure else short(failure)
+    return WorkerStartError(f"{what} workers failed to start: {reason}")
 
 
 @dataclass
@@ -93,7 +82,7 @@ def run_items(
     on_tick: Callable[[], None] | None = None,
     on_started: Callable[[Any], None] | None = None,
     what: str = "pool",
-    start_timeout_s: float = 300.0,
+    start_timeout_s: float = 600.0,
 ) -> PoolStats:
     """Call ``actor.<method>(item)`` for every item on a pool of ``n_actors`` actors.
 
@@ -105,12 +94,13 @@ def run_items(
     second.
 
     With ``on_started``, actors have a ``start()`` method (load the model, the index) whose
-    result ``on_started`` checks (e.g. that every actor loaded the same model): the first
-    ``n_actors`` are started before any item is sent (a failure is a
-    :class:`WorkerStartError` naming ``what``); a replacement joins the pool only once its
-    ``start()`` has returned, so while it waits for room (its node was lost and the
-    survivors hold the CPUs) the surviving actors carry on with every item. If no actor
-    is left and none starts within ``start_timeout_s``, the job fails saying so.
+    result ``on_started`` checks (e.g. that every actor loaded the same model). An actor
+    joins the pool only once its ``start()`` has returned, so actors that wait for room (a
+    node was lost and the survivors hold its CPUs, or a node has less room than the share
+    asked for) never hold items: the started ones carry on with every item. A ``start()``
+    that fails is a :class:`WorkerStartError` naming ``what``; an actor lost before it
+    started is replaced, up to :data:`MAX_START_LOSSES` times in a row. If no actor has
+    been running for ``start_timeout_s``, the job fails saying so rather than waiting.
     """
     pool = _Pool(new_actor, method, describe, max_retries, depth)
     pool.on_started, pool.what, pool.start_timeout_s = on_started, what, start_timeout_s
@@ -141,22 +131,31 @@ class _Pool:
         self.load: dict[Any, int] = {}  # actor -> items queued on it
         self.pending: dict[Any, tuple[Any, Any, int, Any]] = {}  # ref -> actor, item, try, arg
         self.retry: deque[tuple[Any, Any, int]] = deque()
-        self.starting: dict[Any, Any] = {}  # start() ref -> replacement actor
+        self.starting: dict[Any, Any] = {}  # start() ref -> actor not yet in the pool
         self.stats = PoolStats()
         self.on_started: Callable[[Any], None] | None = None
         self.what = "pool"
-        self.start_timeout_s = 300.0
+        self.start_timeout_s = 600.0
         self.idle_since: float | None = None  # when the pool last had no started actor
+        self.start_losses = 0  # actors lost in a row before they started
 
     def start(self, n_actors: int) -> None:
-        actors = [self.new_actor() for _ in range(n_actors)]
-        self.load.update(dict.fromkeys(actors, 0))
-        if self.on_started is not None:
-            for description in started_descriptions(actors, self.what):
-                self.on_started(description)
+        """Create the actors and wait until all have started (so the first items spread
+        over all of them), or :data:`START_GRACE_S` has passed: actors that cannot be
+        placed then join later, if ever, and the others start working."""
+        import ray
 
-    def replace(self) -> None:
-        """Start a replacement actor; it joins once started (see :func:`run_items`)."""
+        for _ in range(n_actors):
+            self.add_actor()
+        if self.starting:
+            refs = list(self.starting)
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=START_GRACE_S)
+            for ref in refs:  # in creation order, whatever order they finished in
+                if ref in ready:
+                    self.joined(ref)
+
+    def add_actor(self) -> None:
+        """Create an actor; it joins once started (see :func:`run_items`)."""
         actor = self.new_actor()
         if self.on_started is None:
             self.load[actor] = 0
@@ -181,10 +180,13 @@ class _Pool:
                     exhausted = True
                     break
                 self.submit(ray.put(item), item, 1)
-            if not self.pending and not self.retry:
+            if exhausted and not self.pending and not self.retry:
                 return
             self.check_not_stranded()
-            ready, _ = ray.wait([*self.pending, *self.starting], num_returns=1, timeout=1.0)
+            waiting = [*self.pending, *self.starting]
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0) if waiting else ([], [])
+            if not waiting:
+                time.sleep(1.0)
             if on_tick is not None and time.monotonic() - last_tick > 1.0:
                 on_tick()
                 last_tick = time.monotonic()
@@ -195,25 +197,31 @@ class _Pool:
                     self.collect(ref, on_result)
 
     def joined(self, ref: Any) -> None:
-        """A replacement's ``start()`` returned: check it, then give it work."""
+        """An actor's ``start()`` returned: check what it loaded, then give it work."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayError
 
         actor = self.starting.pop(ref)
         try:
             description = ray.get(ref)
-        except RayActorError:  # lost before it started (its node went too): try again
-            self.replace()
+        except RayActorError as exc:  # lost before it started (e.g. its node went too)
+            self.start_losses += 1
+            if self.start_losses > MAX_START_LOSSES:
+                raise start_error(exc, self.what) from exc
+            logger.warning("a %s worker was lost while starting (%s)", self.what, short(exc))
+            self.add_actor()
             return
-        except Exception as exc:
+        except RayError as exc:
             ray.kill(actor, no_restart=True)
-            raise WorkerStartError(
-                f"a replacement {self.what} worker failed to start: {short(cause_of(exc))}"
-            ) from exc
-        if self.on_started is not None:
-            self.on_started(description)
+            raise start_error(exc, self.what) from exc
+        try:
+            if self.on_started is not None:
+                self.on_started(description)
+        except BaseException:
+            ray.kill(actor, no_restart=True)
+            raise
+        self.start_losses = 0
         self.load[actor] = 0
-        logger.info("a replacement %s worker joined the pool", self.what)
 
     def check_not_stranded(self) -> None:
         """Fail, rather than wait forever, when every actor is gone and none can start."""
@@ -225,8 +233,9 @@ class _Pool:
         if now - self.idle_since > self.start_timeout_s:
             raise WorkerStartError(
                 f"no {self.what} worker has been running for {self.start_timeout_s:.0f} s: "
-                "the workers were lost and no replacement could be placed (nodes gone, or "
-                "no free CPU/GPU); add nodes or lower --workers / --cpus-per-worker"
+                "none could be placed (nodes lost, or no node with the CPU/GPU each asks "
+                "for) or each is still loading; add nodes or lower --workers / "
+                "--cpus-per-worker"
             )
 
     def has_room(self) -> bool:
@@ -251,7 +260,8 @@ class _Pool:
         except RayError as exc:
             self.failed(actor, item, attempt, item_ref, exc)
             return
-        self.load[actor] -= 1
+        if actor in self.load:
+            self.load[actor] -= 1
         on_result(item, result)
 
     def failed(self, actor: Any, item: Any, attempt: int, item_ref: Any, exc: Exception) -> None:
@@ -263,7 +273,7 @@ class _Pool:
             # Its other queued items fail too; replace it once, here.
             del self.load[actor]
             ray.kill(actor, no_restart=True)
-            self.replace()
+            self.add_actor()
             self.stats.replaced += 1
         elif not dead and actor in self.load:
             self.load[actor] -= 1
@@ -288,6 +298,9 @@ class _Pool:
         for actor in [*self.load, *self.starting.values()]:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
+        for ref in self.starting:  # collected, so Ray does not log them as unhandled
+            with contextlib.suppress(Exception):
+                ray.get(ref, timeout=5)
 
 
 def short(exc: BaseException) -> str:

@@ -62,6 +62,16 @@ class ClusterResources:
     gpus: float
     #: Alive nodes: more than one means remote workers see other disks than the driver.
     nodes: int = 1
+    #: CPUs of the largest node: no actor can claim more.
+    max_node_cpus: float | None = None
+    #: Whether the driver's node offers CPUs or GPUs to workers. A head without any (as
+    #: in KubeRay and `ray up` configs) sends every worker to nodes the autoscaler may
+    #: not have started yet: local paths are as unreachable as on a multi-node cluster.
+    driver_node_hosts_workers: bool = True
+
+    @property
+    def workers_may_be_remote(self) -> bool:
+        return self.nodes > 1 or not self.driver_node_hosts_workers
 
 
 @dataclass(frozen=True)
@@ -92,9 +102,15 @@ def connect(address: str | None = None) -> ClusterResources:
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=True)
             logger.info("started a local Ray cluster (%d CPUs)", os.cpu_count() or 1)
     total = ray.cluster_resources()
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    here = ray.get_runtime_context().get_node_id()
+    mine = next((n["Resources"] for n in alive if n.get("NodeID") == here), {})
     return ClusterResources(
-        cpus=float(total.get("CPU", 0.0)), gpus=float(total.get("GPU", 0.0)), nodes=nodes
+        cpus=float(total.get("CPU", 0.0)),
+        gpus=float(total.get("GPU", 0.0)),
+        nodes=len(alive),
+        max_node_cpus=max((float(n["Resources"].get("CPU", 0.0)) for n in alive), default=None),
+        driver_node_hosts_workers=bool(mine.get("CPU") or mine.get("GPU")),
     )
 
 
@@ -104,7 +120,7 @@ def connect_for(
     """:func:`connect`, then refuse local ``paths`` (option -> path) that workers would use
     when the cluster has several nodes and ``shared_fs`` is not declared."""
     res = connect(address)
-    require_reachable(paths, nodes=res.nodes, shared_fs=shared_fs)
+    require_reachable(paths, nodes=res.nodes, remote=res.workers_may_be_remote, shared_fs=shared_fs)
     if res.nodes > 1:
         logger.info("Ray cluster of %d nodes (%g CPUs, %g GPUs)", res.nodes, res.cpus, res.gpus)
     return res
@@ -128,12 +144,18 @@ def driver_node_affinity() -> Any:
 
 
 def cpu_share(res: ClusterResources, actors: int) -> float:
-    """CPUs each of ``actors`` CPU actors claims: the cluster's CPUs less the headroom.
+    """CPUs each of ``actors`` CPU actors claims: the cluster's CPUs less the headroom,
+    and never more than the largest node has less the headroom (no node could host it).
 
     >>> cpu_share(ClusterResources(cpus=2, gpus=0), 2)
     0.75
+    >>> cpu_share(ClusterResources(cpus=32, gpus=0, nodes=4, max_node_cpus=8), 2)
+    7.5
     """
-    return max(MIN_ACTOR_CPUS, (res.cpus - CPU_HEADROOM) / max(1, actors))
+    share = (res.cpus - CPU_HEADROOM) / max(1, actors)
+    if res.max_node_cpus:
+        share = min(share, max(res.max_node_cpus - CPU_HEADROOM, MIN_ACTOR_CPUS))
+    return max(MIN_ACTOR_CPUS, share)
 
 
 def place(options: ClusterOptions, res: ClusterResources, *, use_gpus: bool) -> Placement:

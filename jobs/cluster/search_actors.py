@@ -186,7 +186,8 @@ class _Book:
             if row.query_id in self.answers:  # pragma: no cover - guarded by the pool
                 raise RuntimeError(f"query {row.query_id} answered twice")
             self.answers[row.query_id] = row
-            self.per_worker[str(row.worker)] = self.per_worker.get(str(row.worker), 0) + 1
+            who = f"{row.node_id[:12]}:{row.worker}"  # pids repeat across nodes
+            self.per_worker[who] = self.per_worker.get(who, 0) + 1
             self.per_node[row.node_id]["queries"] += 1
         if self.on_batch is not None:
             self.on_batch(len(rows))
