@@ -118,7 +118,8 @@ def connect_for(
     address: str | None, paths: dict[str, str | None], *, shared_fs: bool
 ) -> ClusterResources:
     """:func:`connect`, then refuse local ``paths`` (option -> path) that workers would use
-    when the cluster has several nodes and ``shared_fs`` is not declared."""
+    when they may run on another node than the driver
+    (:attr:`ClusterResources.workers_may_be_remote`) and ``shared_fs`` is not declared."""
     res = connect(address)
     require_reachable(paths, nodes=res.nodes, remote=res.workers_may_be_remote, shared_fs=shared_fs)
     if res.nodes > 1:
