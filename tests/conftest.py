@@ -365,6 +365,21 @@ def s3_server(_s3_environment: SeaweedS3 | None) -> SeaweedS3:
     return _s3_environment
 
 
+def ensure_bucket(client: Any, name: str) -> None:
+    """Create bucket ``name`` on the test S3 server unless it exists."""
+    if name not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=name)
+
+
+def upload_folder(client: Any, folder: Path, bucket: str, prefix: str) -> None:
+    """Put every file under ``folder`` at ``s3://bucket/prefix/<relative path>`` (as
+    `aws s3 sync` would; Python caches left out)."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if "__pycache__" not in path.parts:
+            key = f"{prefix}/{path.relative_to(folder).as_posix()}"
+            client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+
+
 def encode_argv(
     corpus: Path | str,
     out: Path | str,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import encode_argv, wait_parked
+from conftest import encode_argv, ensure_bucket, upload_folder, wait_parked
 
 from jobs.cli import main
 
@@ -91,14 +91,6 @@ class MultiNode:
         return json.loads(self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
 
 
-def _upload_folder(client: Any, folder: Path, prefix: str) -> None:
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if "__pycache__" in path.parts:
-            continue
-        key = f"{prefix}/{path.relative_to(folder).as_posix()}"
-        client.put_object(Bucket=BUCKET, Key=key, Body=path.read_bytes())
-
-
 @pytest.fixture(scope="module")
 def reference(
     scifact_subset: Path, ray_address: str, tmp_path_factory: pytest.TempPathFactory
@@ -124,9 +116,8 @@ def multinode(
     from colbert_core.encoder import resolve_model_path
 
     client = s3_server.client()
-    if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-        client.create_bucket(Bucket=BUCKET)
-    _upload_folder(client, resolve_model_path("minilm"), "models/minilm")
+    ensure_bucket(client, BUCKET)
+    upload_folder(client, resolve_model_path("minilm"), BUCKET, "models/minilm")
     ray.shutdown()  # the session's one-node cluster: replaced for the rest of the session
     cluster = Cluster(
         initialize_head=True,

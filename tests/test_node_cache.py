@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ensure_bucket, upload_folder
 
 from colbert_core.encoder import CheckpointError, load_encoder, resolve_model_path
 from colbert_core.storage import (
@@ -87,13 +88,8 @@ def test_processes_sharing_a_node_download_once(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def model_on_s3(s3_server: Any) -> str:
     client = s3_server.client()
-    if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-        client.create_bucket(Bucket=BUCKET)
-    local = resolve_model_path("minilm")
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        if "__pycache__" not in path.parts:
-            key = f"models/minilm/{path.relative_to(local).as_posix()}"
-            client.put_object(Bucket=BUCKET, Key=key, Body=path.read_bytes())
+    ensure_bucket(client, BUCKET)
+    upload_folder(client, resolve_model_path("minilm"), BUCKET, "models/minilm")
     return f"s3://{BUCKET}/models/minilm/"
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _free_ports, wait_parked
+from conftest import _free_ports, ensure_bucket, wait_parked
 
 from jobs.cluster.hooks import ENV as HOOKS_ENV
 
@@ -117,8 +117,7 @@ def test_ray_job_submit_runs_the_pipeline_and_a_stopped_job_resumes(
     ray_head: RayHead, s3_server: Any, scifact_subset: Path, tmp_path: Path
 ) -> None:
     client = s3_server.client()
-    if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-        client.create_bucket(Bucket=BUCKET)
+    ensure_bucket(client, BUCKET)
     config = tmp_path / "pipeline.yaml"
     config.write_text(
         f"dataset: {scifact_subset}\nmodel: minilm\nout: s3://{BUCKET}/scifact\n"
