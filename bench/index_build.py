@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from colbert_core.embeddings import Manifest, build_shard, write_shard
+from colbert_core.tokenstore.store import store_label
 
 DOCS_PER_SHARD = 20_000
 TOKENS_PER_DOC = 100
@@ -87,6 +88,10 @@ def build(embeddings: Path, index_type: str, out: Path, workers: int, extra: lis
         "add_s": meta["add_s"],
         "wall_s": round(wall, 1),
         "index_bytes_per_token": meta["bytes_per_token"]["index"],
+        "store": store_label(meta.get("store") or {}),
+        "store_s": (meta.get("store") or {}).get("encode_s", 0.0),
+        "store_bytes_per_token": meta["bytes_per_token"]["token_store"],
+        "total_bytes_per_token": meta["bytes_per_token"]["total"],
         "peak_rss_mb": meta["peak_rss_mb"],
         "workers": workers,
     }
@@ -124,14 +129,16 @@ def main() -> None:
         )
     )
     print(
-        "\n| input | type (factory) | tokens | train s | add s | wall s | index B/token |"
-        " peak RSS MB |\n|---|---|---|---|---|---|---|---|"
+        "\n| input | type (factory) | store | tokens | train s | add s | store s | wall s "
+        "| index B/token | store B/token | total B/token | peak RSS MB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
         print(
-            f"| {r['input']} | {r['type']} ({r['factory']}) | {r['n_tokens']:,} | "
-            f"{r['train_s']:.1f} | {r['add_s']:.1f} | {r['wall_s']:.1f} | "
-            f"{r['index_bytes_per_token']:.1f} | {r['peak_rss_mb']:,.0f} |"
+            f"| {r['input']} | {r['type']} ({r['factory']}) | {r['store']} | {r['n_tokens']:,} | "
+            f"{r['train_s']:.1f} | {r['add_s']:.1f} | {r['store_s']:.1f} | {r['wall_s']:.1f} | "
+            f"{r['index_bytes_per_token']:.1f} | {r['store_bytes_per_token']:.1f} | "
+            f"{r['total_bytes_per_token']:.1f} | {r['peak_rss_mb']:,.0f} |"
         )
 
 

@@ -40,6 +40,7 @@ from colbert_core.search import (
     load_query_encoder,
     search,
 )
+from colbert_core.tokenstore.store import store_label
 
 
 def main() -> None:
@@ -117,8 +118,9 @@ def main() -> None:
             ]
             lat_ms = np.array(lat) * 1000
             record(
-                f"ours {loaded.meta.factory} (k'={sp.k_prime}, C={sp.max_candidates}, "
-                f"nprobe={sp.nprobe}, ef={sp.ef_search})",
+                f"ours {loaded.meta.factory} + {store_label(loaded.meta.store)} store "
+                f"(k'={sp.k_prime}, C={sp.max_candidates}, nprobe={sp.nprobe}, "
+                f"ef={sp.ef_search})",
                 run,
                 secs,
                 qps_one_at_a_time=round(len(qv) / float(np.sum(lat)), 2),
@@ -128,6 +130,7 @@ def main() -> None:
                 maxsim_ms=round(1000 * sum(r.timings["maxsim_s"] for r in results) / len(qv), 2),
                 index_bytes_per_token=loaded.meta.bytes_per_token["index"],
                 store_bytes_per_token=loaded.meta.bytes_per_token["token_store"],
+                total_bytes_per_token=loaded.meta.bytes_per_token["total"],
             )
     if args.fastplaid_index:
         python = Path(args.fastplaid_venv) / "bin" / "python"
@@ -178,12 +181,15 @@ def main() -> None:
     )
     print(
         "\n| system | nDCG@10 | R@100 | QPS, all queries in one call | QPS, one at a time "
-        "| p50 ms | p95 ms |\n|---|---|---|---|---|---|---|"
+        "| p50 ms | p95 ms | exact stage ms/query | bytes/token read by search |\n"
+        "|---|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
         print(
             f"| {r['system']} | {r['nDCG@10']:.4f} | {r['R@100']:.4f} | {r['qps']:.2f} | "
-            f"{r.get('qps_one_at_a_time', '')} | {r.get('p50_ms', '')} | {r.get('p95_ms', '')} |"
+            f"{r.get('qps_one_at_a_time', '')} | {r.get('p50_ms', '')} | {r.get('p95_ms', '')} "
+            f"| {r.get('maxsim_ms', '')} | "
+            f"{r.get('total_bytes_per_token', r.get('bytes_per_token', ''))} |"
         )
 
 

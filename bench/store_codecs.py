@@ -172,7 +172,7 @@ def main() -> None:
     ivf = faiss.extract_index_ivf(loaded.index)
     quantizer, nlist, d = ivf.quantizer, ivf.nlist, loaded.dim
     centroids = quantizer.reconstruct_n(0, nlist)
-    tokens = loaded.tokens
+    tokens = loaded.store
     n = tokens.shape[0]
     rng = np.random.default_rng(0)
     sample = np.asarray(tokens[np.sort(rng.choice(n, min(args.train, n), replace=False))],

@@ -372,8 +372,8 @@ def test_build_and_load_every_type(kind: str, corpus: Corpus, built: Callable[[s
     )
 
     # Token store: exactly the shards' float16 tokens, concatenated in corpus order.
-    assert loaded.tokens.dtype == np.float16 and loaded.tokens.shape == (corpus.n_tokens, DIM)
-    assert np.array_equal(loaded.tokens.view(np.uint16), corpus.tokens.view(np.uint16))
+    assert loaded.store.dtype == np.float16 and loaded.store.shape == (corpus.n_tokens, DIM)
+    assert np.array_equal(loaded.store.view(np.uint16), corpus.tokens.view(np.uint16))
     assert (folder / TOKENS).read_bytes() == corpus.tokens.astype("<f2").tobytes()
     assert loaded.doc_offsets.dtype == np.int64
     assert np.array_equal(loaded.doc_offsets, corpus.offsets)
@@ -416,7 +416,7 @@ def test_flat_search_finds_each_stored_token(corpus: Corpus, built: Callable[[st
     loaded = load_index(built("flat"))
     rng = np.random.default_rng(3)
     ids = np.concatenate([[0, corpus.n_tokens - 1], rng.choice(corpus.n_tokens, 60)])
-    queries = np.asarray(loaded.tokens[ids], dtype=np.float32)
+    queries = np.asarray(loaded.store[ids], dtype=np.float32)
     scores, hits = loaded.index.search(queries, 5)
     assert np.array_equal(hits[:, 0], ids)
     expected_self = np.einsum("ij,ij->i", queries, queries)
@@ -443,7 +443,7 @@ def test_approximate_indices_search(kind: str, built: Callable[[str], Path]) -> 
     assert recall > 0.5, f"{kind} recall@100 {recall:.3f}"
     assert (got >= 0).all()
     # Searching real data: a stored token finds itself (or an equal code) near the top.
-    token = np.asarray(loaded.tokens[[123, 9876]], dtype=np.float32)
+    token = np.asarray(loaded.store[[123, 9876]], dtype=np.float32)
     _, hits = index.search(token, 10)
     assert all(t in row for t, row in zip([123, 9876], hits, strict=True))
 
@@ -463,10 +463,10 @@ def test_ivfpq_nprobe_matters(built: Callable[[str], Path]) -> None:
 def test_loaded_index_is_in_memory_and_tokens_read_only(built: Callable[[str], Path]) -> None:
     folder = built("ivfpq")
     loaded = load_index(folder)
-    assert isinstance(loaded.tokens, np.memmap)
-    assert not loaded.tokens.flags.writeable
+    assert isinstance(loaded.store, np.memmap)
+    assert not loaded.store.flags.writeable
     with pytest.raises(ValueError):
-        loaded.tokens[0, 0] = 1.0
+        loaded.store[0, 0] = 1.0
     # read into memory: the search still works after the file is gone.
     moved = folder.parent / "moved-away.faiss"
     (folder / INDEX_FILE).rename(moved)

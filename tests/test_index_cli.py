@@ -98,12 +98,12 @@ def test_ivfpq_over_a_real_encode(encoded: Path, ivfpq_index: Path) -> None:
     shards = list(store)
     assert loaded.doc_ids == [d for s in shards for d in s.doc_ids]
     tokens = np.concatenate([s.tokens for s in shards])
-    assert np.array_equal(np.asarray(loaded.tokens).view(np.uint16), tokens.view(np.uint16))
+    assert np.array_equal(np.asarray(loaded.store).view(np.uint16), tokens.view(np.uint16))
 
     # A real token vector finds tokens of its own document.
     faiss.extract_index_ivf(loaded.index).nprobe = 32
     picks = np.random.default_rng(0).choice(store.n_tokens, 30, replace=False)
-    _, hits = loaded.index.search(np.asarray(loaded.tokens[picks], dtype=np.float32), 10)
+    _, hits = loaded.index.search(np.asarray(loaded.store[picks], dtype=np.float32), 10)
     own_doc = token_to_doc(loaded.doc_offsets, picks)
     found = token_to_doc(loaded.doc_offsets, hits)
     assert np.mean([d in row for d, row in zip(own_doc, found, strict=True)]) > 0.9

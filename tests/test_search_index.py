@@ -26,8 +26,14 @@ def indexed(scifact_subset: Path, ray_address: str, tmp_path_factory) -> dict[st
     )
     assert main(argv) == 0
     out = {"emb": root}
-    for kind, extra in (("flat", []), ("ivfpq", ["--nlist", "64"]), ("hnsw", [])):
-        out[kind] = base / kind
+    for name, kind, extra in (
+        ("flat", "flat", []),
+        ("ivfpq", "ivfpq", ["--nlist", "64"]),
+        ("hnsw", "hnsw", []),
+        # The same FAISS index as "ivfpq" (same options and seed), a residual token store.
+        ("ivfpq-residual", "ivfpq", ["--nlist", "64", "--store", "residual:2"]),
+    ):
+        out[name] = base / name
         assert (
             main(
                 [
@@ -35,7 +41,7 @@ def indexed(scifact_subset: Path, ray_address: str, tmp_path_factory) -> dict[st
                     "--embeddings",
                     str(root),
                     "--out",
-                    str(out[kind]),
+                    str(out[name]),
                     "--type",
                     kind,
                     *extra,
@@ -244,6 +250,44 @@ def test_killed_search_actor_is_replaced_and_every_query_answered_once(
     assert (out / "run.trec").read_text() == (clean / "run.trec").read_text()
     qids = [line.split()[0] for line in (out / "run.trec").read_text().splitlines()]
     assert len(set(qids)) == 30
+
+
+def test_residual_store_searches_like_float16_through_actors_and_rerank(
+    indexed, scifact_subset: Path, ray_address: str, tmp_path: Path
+) -> None:
+    from colbert_core.index import load_index
+
+    f16_idx, res_idx = load_index(indexed["ivfpq"]), load_index(indexed["ivfpq-residual"])
+    assert res_idx.store_kind == "residual" and f16_idx.store_kind == "float16"
+    assert res_idx.meta.files["index.faiss"] == f16_idx.meta.files["index.faiss"]
+    f16_bytes = f16_idx.meta.bytes_per_token["token_store"]
+    assert res_idx.meta.bytes_per_token["token_store"] == 384 // 4 + 2 < f16_bytes / 7
+    runs = {}
+    for name in ("ivfpq", "ivfpq-residual"):
+        runs[name] = _search(
+            indexed, scifact_subset, tmp_path / name, ray_address,
+            "--index", str(indexed[name]), "--workers", "2",
+        )  # fmt: skip
+    f16, res = runs["ivfpq"], runs["ivfpq-residual"]
+    assert (f16["params"]["store"], res["params"]["store"]) == ("float16", "residual:2")
+    assert res["workers"]["actors"] == 2 and res["queries"] == 30
+    # Same FAISS index, same candidates; exact MaxSim over 1-bit residuals ranks them
+    # almost as the float16 vectors do.
+    assert res["candidate_recall"] == f16["candidate_recall"]
+    assert abs(res["measures"]["nDCG@10"] - f16["measures"]["nDCG@10"]) <= 0.01
+    # rerank reads the same store: the float16 run's top 100 reordered by it.
+    out = tmp_path / "rerank"
+    argv = ["rerank", "--run", str(tmp_path / "ivfpq" / "run.trec"), "--index",
+            str(indexed["ivfpq-residual"]), "--queries", str(scifact_subset), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["params"]["store"] == "residual:2"
+    assert abs(m["measures"]["nDCG@10"] - f16["measures"]["nDCG@10"]) <= 0.01
+    searched = {(q, d): float(s) for q, _, d, _, s, _ in _lines(tmp_path / name / "run.trec")}
+    reranked = {(q, d): float(s) for q, _, d, _, s, _ in _lines(out / "run.trec")}
+    common = searched.keys() & reranked.keys()
+    assert len(common) > 1000  # the residual search's documents are in the rerank pool
+    assert max(abs(searched[k] - reranked[k]) for k in common) < 1e-4  # the same scores
 
 
 def test_search_needs_exactly_one_mode(

@@ -25,7 +25,16 @@ import numpy as np
 from ..embeddings import Embeddings, ShardInfo
 from ..embeddings.manifest import now_iso
 from ..storage import file_entry, is_s3, open_storage, write_bytes_atomic
-from ..tokenstore import TOKENS, DocMappingWriter, Float16StoreWriter
+from ..tokenstore import (
+    DOC_IDS,
+    OFFSETS,
+    TOKENS,
+    DocMappingWriter,
+    Float16StoreWriter,
+    open_float16,
+)
+from ..tokenstore.residual import write_residual_store
+from ..tokenstore.store import StoreSpec
 from .meta import INDEX_FILE, META, FileEntry, IndexMeta
 from .spec import IndexSpec, IndexSpecError
 
@@ -96,6 +105,9 @@ def sample_training_vectors(store: Embeddings, n: int, seed: int) -> np.ndarray:
         base += info.n_tokens
     return out
 
+
+#: Files of an index folder that are not the token store.
+_NOT_STORE = frozenset({INDEX_FILE, OFFSETS, DOC_IDS})
 
 #: Rows converted to float32 at a time while adding. FAISS's IVF-PQ add keeps a few
 #: float32 copies of its input (residuals, assignments); 16k rows (25 MB at d=384) keeps
@@ -202,18 +214,23 @@ def build_index(
     n_groups: int = 1,
     progress: Callable[[str, int], None] | None = None,
     build: dict[str, Any] | None = None,
+    token_store: StoreSpec | None = None,
 ) -> IndexMeta:
     """Build the index for ``embeddings`` into ``out`` (a folder or ``s3://``).
 
-    ``progress(stage, n)`` is called with ``("train", 0)`` and ``("add", tokens)``;
-    ``build`` (the options the user asked for) is recorded in ``meta.json``.
+    ``progress(stage, n)`` is called with ``("train", 0)``, ``("add", tokens)`` and, for
+    a residual token store, ``("compress", 0)``; ``build`` (the options the user asked
+    for) is recorded in ``meta.json``; ``token_store`` defaults to float16.
     """
+    token_store = token_store or StoreSpec()
     store = Embeddings(embeddings)
     if store.dim != spec.dim:
         raise IndexSpecError(f"index dim {spec.dim} differs from the embeddings' dim {store.dim}")
     if is_s3(out):
         with tempfile.TemporaryDirectory(prefix="colbert-index-") as tmp:
-            meta = _build_local(store, Path(tmp), spec, parallel_add, n_groups, progress, build)
+            meta = _build_local(
+                store, Path(tmp), spec, parallel_add, n_groups, progress, build, token_store
+            )
             target = open_storage(out)
             target.delete(META)  # incomplete until the new meta.json lands
             # meta.json last: an index is complete exactly when its meta.json exists.
@@ -221,7 +238,9 @@ def build_index(
                 target.put(name, (Path(tmp) / name).read_bytes())
             target.put(META, meta.to_json())
             return meta
-    return _build_local(store, Path(out), spec, parallel_add, n_groups, progress, build)
+    return _build_local(
+        store, Path(out), spec, parallel_add, n_groups, progress, build, token_store
+    )
 
 
 def _train(store: Embeddings, spec: IndexSpec, index: faiss.Index, progress: Any) -> bool:
@@ -284,6 +303,34 @@ def _fill(
     return files, n_parallel
 
 
+def _compress(
+    out: Path,
+    index: faiss.Index,
+    store: Embeddings,
+    token_store: StoreSpec,
+    seed: int,
+    files: dict[str, FileEntry],
+) -> dict[str, Any]:
+    """Replace the float16 store just written by a residual one; updates ``files``.
+
+    The float16 file is the source (the shards are not read twice, and an S3 source is
+    not downloaded twice); it is deleted once the residual files are in place.
+    """
+    tokens = open_float16(out / TOKENS, store.n_tokens, store.dim)
+    entries, params = write_residual_store(out, tokens, index, int(token_store.nbits), seed)
+    del tokens
+    (out / TOKENS).unlink()
+    del files[TOKENS]
+    for name, entry in entries.items():
+        files[name] = FileEntry(int(entry["bytes"]), str(entry["sha256"]))
+    logger.info(
+        "token store: %s, %d bytes/token",
+        token_store,
+        sum(e["bytes"] for e in entries.values()) // max(store.n_tokens, 1),
+    )
+    return params
+
+
 def _build_local(
     store: Embeddings,
     out: Path,
@@ -292,6 +339,7 @@ def _build_local(
     n_groups: int,
     progress: Callable[[str, int], None] | None,
     build: dict[str, Any] | None,
+    token_store: StoreSpec,
 ) -> IndexMeta:
     out.mkdir(parents=True, exist_ok=True)
     (out / META).unlink(missing_ok=True)  # incomplete until the new meta.json lands
@@ -308,18 +356,27 @@ def _build_local(
     faiss.write_index(index, str(tmp_index))
     tmp_index.replace(out / INDEX_FILE)
     files = {INDEX_FILE: FileEntry(**file_entry(out / INDEX_FILE)), **files}  # type: ignore[arg-type]
+    store_meta: dict[str, Any] = {"kind": "float16"}
+    if token_store.kind == "residual":
+        if progress:
+            progress("compress", 0)
+        t0 = time.perf_counter()
+        store_meta = _compress(out, index, store, token_store, spec.seed, files)
+        store_meta["encode_s"] = round(time.perf_counter() - t0, 3)
+    store_bytes = sum(e.bytes for name, e in files.items() if name not in _NOT_STORE)
     n = max(store.n_tokens, 1)
     meta = IndexMeta(
         type=spec.type,
         factory=spec.factory,
         params=spec.to_dict(),
         build=dict(build or {}),
+        store=store_meta,
         dim=store.dim,
         n_tokens=store.n_tokens,
         n_docs=store.n_docs,
         bytes_per_token={
             "index": round(files[INDEX_FILE].bytes / n, 3),
-            "token_store": round(files[TOKENS].bytes / n, 3),
+            "token_store": round(store_bytes / n, 3),
             "total": round(sum(f.bytes for f in files.values()) / n, 3),
         },
         train_s=round(train_s, 3),

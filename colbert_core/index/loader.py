@@ -44,6 +44,8 @@ from ..tokenstore import (
     read_doc_ids,
     read_offsets,
 )
+from ..tokenstore.residual import ResidualFormatError, open_residual
+from ..tokenstore.store import TokenStore, store_files, store_kind
 from .meta import INDEX_FILE, META, FileEntry, IndexLoadError, IndexMeta
 
 logger = logging.getLogger(__name__)
@@ -56,12 +58,16 @@ _ALWAYS_VERIFIED = frozenset({OFFSETS, DOC_IDS})
 
 @dataclass
 class LoadedIndex:
-    """A validated index: FAISS index, token store and token -> document mapping."""
+    """A validated index: FAISS index, token store and token -> document mapping.
+
+    ``store`` is what the exact stage reads: the float16 ``(n_tokens, dim)`` matrix or a
+    :class:`~colbert_core.tokenstore.residual.ResidualStore` (``meta.store`` says which).
+    """
 
     folder: Path
     meta: IndexMeta
     index: faiss.Index
-    tokens: np.ndarray
+    store: TokenStore
     mapping: DocMapping
     #: For an ``s3://`` index: what this process downloaded into the node cache and what
     #: it reused (another process on the node had fetched it); None for a local folder.
@@ -70,6 +76,10 @@ class LoadedIndex:
     @property
     def dim(self) -> int:
         return self.meta.dim
+
+    @property
+    def store_kind(self) -> str:
+        return store_kind(self.store)
 
     @property
     def n_tokens(self) -> int:
@@ -157,7 +167,7 @@ def load_index(
     meta = read_index_meta(folder)
     # Files the cache fetch just hashed against this meta.json are not hashed again.
     hashed = set(fetched.downloaded + fetched.reused) if fetched is not None else set()
-    for name in (INDEX_FILE, TOKENS, OFFSETS, DOC_IDS):
+    for name in (INDEX_FILE, *_store_files(meta, folder), OFFSETS, DOC_IDS):
         check = (verify or name in _ALWAYS_VERIFIED) and name not in hashed
         _check_file(folder / name, _entry(meta, folder, name), check)
     try:
@@ -172,11 +182,32 @@ def load_index(
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise IndexLoadError(f"{folder / INDEX_FILE}: metric is not inner product")
     mapping = _parse_mapping(folder, meta)
+    return LoadedIndex(folder, meta, index, _open_store(folder, meta, index), mapping, fetched)
+
+
+def _store_files(meta: IndexMeta, folder: Path) -> tuple[str, ...]:
+    kind = meta.store.get("kind")
+    if kind not in ("float16", "residual"):
+        raise IndexLoadError(
+            f"{folder / META}: unknown token store {kind!r} (written by a newer "
+            "colbert-batch?); upgrade or rebuild the index"
+        )
+    return store_files(meta.store)
+
+
+def _open_store(folder: Path, meta: IndexMeta, index: faiss.Index) -> TokenStore:
+    """The token store (its files' sizes and hashes already checked)."""
+    if meta.store.get("kind") == "residual":
+        try:
+            return open_residual(folder, meta.store, meta.n_tokens, meta.dim, index)
+        except ResidualFormatError as exc:
+            raise IndexLoadError(
+                f"{folder}: residual token store: {exc}; rebuild the index"
+            ) from exc
     try:
-        tokens = open_float16(folder / TOKENS, meta.n_tokens, meta.dim)
+        return open_float16(folder / TOKENS, meta.n_tokens, meta.dim)
     except ValueError as exc:
         raise IndexLoadError(f"{folder / TOKENS}: {exc}; rebuild the index") from exc
-    return LoadedIndex(folder, meta, index, tokens, mapping, fetched)
 
 
 def _local_folder(path: str | Path, cache_dir: Path | None) -> tuple[Path, FetchReport | None]:

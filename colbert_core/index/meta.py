@@ -52,6 +52,9 @@ class IndexMeta:
         The model that encoded the documents (queries must use the same one).
     files
         Size and sha256 of every file but ``meta.json``.
+    store
+        The token store's kind and parameters (:mod:`colbert_core.tokenstore.store`);
+        ``{"kind": "float16"}`` for an index written before the choice existed.
     """
 
     type: str
@@ -65,6 +68,7 @@ class IndexMeta:
     encoder: EncoderRecord
     files: dict[str, FileEntry]
     build: dict[str, Any] = field(default_factory=dict)
+    store: dict[str, Any] = field(default_factory=lambda: {"kind": "float16"})
     bytes_per_token: dict[str, float] = field(default_factory=dict)
     train_s: float = 0.0
     add_s: float = 0.0
@@ -102,6 +106,7 @@ class IndexMeta:
             "dim": self.dim,
             "n_tokens": self.n_tokens,
             "n_docs": self.n_docs,
+            "store": self.store,
             "bytes_per_token": self.bytes_per_token,
             "train_s": self.train_s,
             "add_s": self.add_s,
@@ -162,6 +167,7 @@ class IndexMeta:
                     for name, e in d["files"].items()
                 },
                 build=dict(d.get("build") or {}),
+                store=dict(d.get("store") or {"kind": "float16"}),
                 bytes_per_token=dict(d.get("bytes_per_token") or {}),
                 train_s=float(d.get("train_s", 0.0)),
                 add_s=float(d.get("add_s", 0.0)),

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..config import check_choice, check_positive
-from ..errors import ColbertBatchError
+from ..errors import ColbertBatchError, ConfigError
+from ..tokenstore.store import StoreSpec
 
 IndexType = Literal["flat", "ivfpq", "hnsw", "factory"]
 
@@ -87,9 +88,14 @@ class IndexConfig:
     hnsw_storage: str = "flat"
     train_sample: int | None = None
     seed: int = 0
+    store: str = "float16"
 
     def __post_init__(self) -> None:
         check_choice(self, "type", INDEX_TYPES)
+        try:
+            StoreSpec.parse(self.store)
+        except ConfigError as exc:
+            raise ConfigError.invalid("store", f"is invalid: {exc}") from exc
         check_choice(self, "hnsw_storage", ("flat", "sq8"))
         check_positive(self, "nlist", "pq_m", "pq_nbits", "hnsw_m", "ef_construction")
         check_positive(self, "train_sample")
@@ -99,7 +105,14 @@ class IndexConfig:
 
     def resolve(self, *, n_tokens: int, dim: int) -> IndexSpec:
         """The :class:`IndexSpec` these options give for ``n_tokens`` vectors of ``dim``."""
-        return resolve_spec(n_tokens=n_tokens, dim=dim, **self.to_dict())
+        options = self.to_dict()
+        del options["store"]  # the token store is not part of the FAISS index
+        return resolve_spec(n_tokens=n_tokens, dim=dim, **options)
+
+    @property
+    def store_spec(self) -> StoreSpec:
+        """The token store these options ask for."""
+        return StoreSpec.parse(self.store)
 
 
 def default_nlist(n_tokens: int) -> int:

@@ -166,4 +166,4 @@ def exact_scores(
     scorer: CandidateScorer | None = None,
 ) -> np.ndarray:
     """Exact MaxSim of one query against candidate documents (float16 store)."""
-    return (scorer or CandidateScorer()).score(query, loaded.tokens, loaded.doc_offsets, cand)
+    return (scorer or CandidateScorer()).score(query, loaded.store, loaded.doc_offsets, cand)

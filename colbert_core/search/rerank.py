@@ -41,7 +41,7 @@ def rerank_index(
             continue
         cand = np.array(sorted({position[d] for d in docs if d in position}), dtype=np.int64)
         unknown.update(d for d in docs if d not in position)
-        scores = scorer.score(query_vectors[qid], loaded.tokens, loaded.doc_offsets, cand)
+        scores = scorer.score(query_vectors[qid], loaded.store, loaded.doc_offsets, cand)
         order = rank_candidates(cand, scores)
         out[qid] = ranked_list(cand[order], scores[order], loaded.doc_ids)
     return out, sorted(unknown)

@@ -61,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-sample", type=int, help="training vectors (default: rule in docs)")
     p.add_argument("--seed", type=int, help="seed of the training sample (0)")
     p.add_argument(
+        "--store",
+        help="token store for exact MaxSim: float16 (default) or residual:B, B in 1/2/4 bits "
+        "per dimension (ColBERTv2's codec, dim*B/8+2 bytes/token)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         help="Ray tasks filling IVF indices in parallel (default 1: in this process)",
@@ -101,6 +106,7 @@ def run(config: Config) -> Built:
             n_groups=config.workers,
             progress=progress,
             build=config.index.to_dict(),
+            token_store=config.index.store_spec,
         )
     load_index(config.out)  # what we wrote must load and validate
     return Built(meta, parallel.groups_per_node if parallel is not None else {})
@@ -108,7 +114,7 @@ def run(config: Config) -> Built:
 
 def report(config: Config, built: Built) -> None:
     summary = built.meta.to_dict()
-    keys = ("type", "factory", "dim", "n_tokens", "n_docs", "bytes_per_token", "train_s")
+    keys = ("type", "factory", "store", "dim", "n_tokens", "n_docs", "bytes_per_token", "train_s")
     shown = {k: summary[k] for k in (*keys, "add_s", "peak_rss_mb")}
     if built.groups_per_node:
         shown["parallel_add_nodes"] = built.groups_per_node

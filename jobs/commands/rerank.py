@@ -22,6 +22,7 @@ from colbert_core.index import load_index
 from colbert_core.search import encode_queries, load_query_encoder, report_queries
 from colbert_core.search.rerank import rerank_index, rerank_store
 from colbert_core.storage import sha256_file
+from colbert_core.tokenstore.store import store_label
 
 from .evaluate import print_metrics
 from .search import add_query_arguments
@@ -91,6 +92,7 @@ def run(config: Config) -> RunMetrics:
             "run": config.run,
             "depth": config.depth,
             "source": config.index or config.embeddings,
+            "store": store_label(source.meta.store) if config.index else "float16 (shards)",
             "measures": list(config.measures),
             **config.query_set.params(),
         },

@@ -32,6 +32,7 @@ from colbert_core.search import (
     ranked_list,
     report_queries,
 )
+from colbert_core.tokenstore.store import store_label
 
 from ..cluster import ClusterOptions, connect_for, place
 from ..cluster.search_actors import PoolResult, search_with_pool
@@ -121,6 +122,7 @@ def run_params(config: Config, meta: IndexMeta | None = None) -> dict[str, Any]:
         raise ValueError("index search parameters need the index's meta.json")
     resolved = dataclasses.asdict(default_params(meta, config.params))
     mode = {"mode": "index", "index": config.index, "type": meta.type, "factory": meta.factory}
+    mode["store"] = store_label(meta.store)
     return mode | resolved | common
 
 

@@ -1,0 +1,434 @@
+"""The residual token store: ColBERTv2's codec, centroid id + b-bit residual buckets.
+
+A token vector ``x`` is stored as the id of a centroid ``c`` (for an IVF index, the list
+FAISS put the token in: the coarse quantizer's centroids and assignment are reused, so the
+store costs no second assignment pass and no second copy of the centroids) and, for every
+dimension, the bucket of the residual ``x - c`` among ``2**nbits`` buckets. The bucket
+cutoffs and the value each bucket decodes to (its weight) are quantiles of the residuals
+of a training sample, shared by all dimensions, as in ColBERT's
+``indexing/codecs/residual.py``. The decoded vector is ``c + weights[buckets]`` (not
+re-normalised: the exact stage scores exactly what is stored).
+
+Files (sizes and sha256 in ``meta.json`` like every other file)::
+
+    residual.cids        (n_tokens,) uint16 (or uint32 beyond 65,536 centroids), LE
+    residual.codes       (n_tokens, dim * nbits / 8) uint8; byte ``p`` holds dimensions
+                         ``p*8/nbits ...``, the first one in the lowest bits
+    residual.centroids   (n_centroids, dim) float32, LE - only when the index has no
+                         coarse quantizer to read them from
+
+Scoring never decodes (:meth:`ResidualStore.lookup_tables`): for a query token ``q``,
+``<q, c + r> = <q, c> + sum_p T_q[p, byte_p]``, where ``T_q[p, v]`` is the dot product of
+``q``'s slice of byte ``p`` with the weights byte value ``v`` stands for. A token costs
+``dim * nbits / 8`` table lookups instead of ``dim`` multiply-adds after a decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+CIDS = "residual.cids"
+CODES = "residual.codes"
+CENTROIDS = "residual.centroids"
+NBITS = (1, 2, 4)
+
+#: Rows encoded at a time while building: a float32 chunk of 16k rows is 25 MB at d=384.
+ENCODE_CHUNK = 16_384
+
+
+class ResidualFormatError(ValueError):
+    """Residual store files or parameters that do not fit together."""
+
+
+def cid_dtype(n_centroids: int) -> np.dtype:
+    """Little-endian unsigned type of the centroid ids: 2 bytes up to 65,536 centroids.
+
+    >>> cid_dtype(4096), cid_dtype(70_000)
+    (dtype('uint16'), dtype('uint32'))
+    """
+    return np.dtype("<u2") if n_centroids <= 1 << 16 else np.dtype("<u4")
+
+
+@dataclass(frozen=True)
+class ResidualCodec:
+    """Centroids, bucket cutoffs and bucket weights of the residual codec.
+
+    Attributes
+    ----------
+    centroids
+        ``(n_centroids, dim)`` float32.
+    cutoffs
+        ``(2**nbits - 1,)`` float32, ascending: a residual value ``v`` falls in bucket
+        ``searchsorted(cutoffs, v, side="right")``.
+    weights
+        ``(2**nbits,)`` float32: what each bucket decodes to.
+    nbits
+        Bits per dimension: 1, 2 or 4.
+    """
+
+    centroids: np.ndarray
+    cutoffs: np.ndarray
+    weights: np.ndarray
+    nbits: int
+
+    def __post_init__(self) -> None:
+        if self.nbits not in NBITS:
+            raise ResidualFormatError(f"nbits must be one of {NBITS}, got {self.nbits}")
+        if self.centroids.ndim != 2 or self.centroids.dtype != np.float32:
+            raise ResidualFormatError("centroids must be a (n, dim) float32 array")
+        if self.dim % (8 // self.nbits):
+            raise ResidualFormatError(
+                f"dimension {self.dim} is not a multiple of {8 // self.nbits} "
+                f"(dimensions per byte at {self.nbits} bits)"
+            )
+        n = 1 << self.nbits
+        if self.cutoffs.shape != (n - 1,) or self.weights.shape != (n,):
+            raise ResidualFormatError(
+                f"{self.nbits}-bit codec needs {n - 1} cutoffs and {n} weights, got "
+                f"{self.cutoffs.shape[0]} and {self.weights.shape[0]}"
+            )
+        if not (np.all(np.isfinite(self.cutoffs)) and np.all(np.isfinite(self.weights))):
+            raise ResidualFormatError("cutoffs and weights must be finite")
+        if np.any(np.diff(self.cutoffs) < 0):
+            raise ResidualFormatError("cutoffs must be ascending")
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @property
+    def n_centroids(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def code_bytes(self) -> int:
+        """Residual bytes per token (the centroid id comes on top)."""
+        return self.dim * self.nbits // 8
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Stored bytes per token: centroid id + packed residual buckets."""
+        return self.code_bytes + cid_dtype(self.n_centroids).itemsize
+
+    @classmethod
+    def train(
+        cls, centroids: np.ndarray, sample: np.ndarray, sample_cids: np.ndarray, nbits: int
+    ) -> ResidualCodec:
+        """Cutoffs and weights from the residuals of ``sample`` ``(n, dim)`` to their
+        centroids ``sample_cids`` ``(n,)``: quantiles over every residual value.
+
+        >>> x = np.array([[-1., 1.] * 4, [-.5, .5] * 4])
+        >>> codec = ResidualCodec.train(np.zeros((1, 8), np.float32), x, np.zeros(2, int), 1)
+        >>> codec.cutoffs.tolist(), codec.weights.tolist()
+        ([0.0], [-0.625, 0.625])
+        """
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        if len(sample) == 0:
+            raise ResidualFormatError("no training vectors for the residual codec")
+        res = (np.asarray(sample, dtype=np.float32) - centroids[sample_cids]).ravel()
+        n = 1 << nbits
+        cutoffs = np.quantile(res, np.arange(1, n) / n).astype(np.float32)
+        weights = np.quantile(res, (np.arange(n) + 0.5) / n).astype(np.float32)
+        return cls(centroids, cutoffs, weights, nbits)
+
+    def params(self) -> dict[str, Any]:
+        """The codec's scalars, as recorded in ``meta.json`` (centroids are a file)."""
+        return {
+            "nbits": self.nbits,
+            "n_centroids": self.n_centroids,
+            "cutoffs": [float(v) for v in self.cutoffs],
+            "weights": [float(v) for v in self.weights],
+        }
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """Nearest centroid (largest inner product) of each row of ``x`` ``(n, dim)``."""
+        quantizer = faiss.IndexFlatIP(self.dim)
+        quantizer.add(self.centroids)
+        out = np.empty(len(x), dtype=np.int64)
+        for lo in range(0, len(x), ENCODE_CHUNK):
+            chunk = np.ascontiguousarray(x[lo : lo + ENCODE_CHUNK], dtype=np.float32)
+            out[lo : lo + len(chunk)] = quantizer.search(chunk, 1)[1][:, 0]
+        return out
+
+    def encode(self, x: np.ndarray, cids: np.ndarray) -> np.ndarray:
+        """Packed residual buckets ``(n, code_bytes)`` uint8 of ``x`` against ``cids``.
+
+        >>> codec = ResidualCodec(np.zeros((1, 8), np.float32), np.array([0.], np.float32),
+        ...                       np.array([-1., 1.], np.float32), 1)
+        >>> codec.encode(np.array([[1, -1, 1, 1, -1, -1, -1, 1]], np.float32), np.zeros(1, int))
+        array([[141]], dtype=uint8)
+        """
+        res = np.asarray(x, dtype=np.float32) - self.centroids[cids]
+        buckets = np.searchsorted(self.cutoffs, res, side="right").astype(np.uint8)
+        per = 8 // self.nbits
+        buckets = buckets.reshape(len(res), self.code_bytes, per)
+        packed = np.zeros((len(res), self.code_bytes), dtype=np.uint8)
+        for j in range(per):
+            packed |= buckets[:, :, j] << np.uint8(self.nbits * j)
+        return packed
+
+    def byte_weights(self) -> np.ndarray:
+        """``(256, 8 / nbits)`` float32: the weights each byte value stands for.
+
+        >>> codec = ResidualCodec(np.zeros((1, 4), np.float32), np.array([0, 1, 2], np.float32),
+        ...                       np.array([-2, -1, 1, 2], np.float32), 2)
+        >>> codec.byte_weights()[0b11100100].tolist()
+        [-2.0, -1.0, 1.0, 2.0]
+        """
+        per = 8 // self.nbits
+        mask = (1 << self.nbits) - 1
+        values = np.arange(256)[:, None] >> (self.nbits * np.arange(per))[None, :]
+        return self.weights[values & mask].astype(np.float32)
+
+    def decode(self, cids: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """The stored vectors ``(n, dim)`` float32: centroid + bucket weights."""
+        residual = self.byte_weights()[np.asarray(codes)].reshape(len(codes), self.dim)
+        return self.centroids[np.asarray(cids, dtype=np.int64)] + residual
+
+
+class ResidualStoreWriter:
+    """Encode float16 token chunks into ``residual.cids`` and ``residual.codes`` (through
+    temp files, hashed as they are written)."""
+
+    def __init__(self, folder: Path, codec: ResidualCodec, *, write_centroids: bool):
+        self.folder = folder
+        self.codec = codec
+        self.write_centroids = write_centroids
+        self.n_tokens = 0
+        self._dtype = cid_dtype(codec.n_centroids)
+        self._files = {name: folder / f".{name}.tmp" for name in (CIDS, CODES)}
+        self._handles = {name: path.open("wb") for name, path in self._files.items()}
+        self._sha = {name: hashlib.sha256() for name in self._files}
+
+    def append(self, tokens: np.ndarray, cids: np.ndarray | None) -> None:
+        """Encode ``tokens`` ``(n, dim)``; ``cids`` ``(n,)`` from the index, or ``None`` to
+        assign each token to its nearest centroid."""
+        if cids is None:
+            cids = self.codec.assign(tokens)
+        if cids.shape != (len(tokens),):
+            raise ResidualFormatError(f"{len(cids)} centroid ids for {len(tokens)} tokens")
+        self._write(CIDS, np.ascontiguousarray(cids, dtype=self._dtype).tobytes())
+        self._write(CODES, self.codec.encode(tokens, cids).tobytes())
+        self.n_tokens += len(tokens)
+
+    def _write(self, name: str, raw: bytes) -> None:
+        self._handles[name].write(raw)
+        self._sha[name].update(raw)
+
+    def close(self) -> dict[str, dict[str, int | str]]:
+        """Move the files into place; returns ``{name: {"bytes", "sha256"}}``."""
+        out: dict[str, dict[str, int | str]] = {}
+        for name, fh in self._handles.items():
+            fh.close()
+            self._files[name].replace(self.folder / name)
+            out[name] = {"bytes": (self.folder / name).stat().st_size}
+            out[name]["sha256"] = self._sha[name].hexdigest()
+        if self.write_centroids:
+            raw = np.ascontiguousarray(self.codec.centroids, dtype="<f4").tobytes()
+            tmp = self.folder / f".{CENTROIDS}.tmp"
+            tmp.write_bytes(raw)
+            tmp.replace(self.folder / CENTROIDS)
+            out[CENTROIDS] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        return out
+
+    def abort(self) -> None:
+        for name, fh in self._handles.items():
+            fh.close()
+            self._files[name].unlink(missing_ok=True)
+
+
+def ivf_assignment(index: faiss.Index) -> np.ndarray | None:
+    """Each token's IVF list in ``index`` (token ids 0..ntotal-1), or ``None`` if the index
+    is not IVF. Read off the inverted lists: FAISS already assigned every token."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return None
+    out = np.full(index.ntotal, -1, dtype=np.int64)
+    invlists = ivf.invlists
+    for lst in range(ivf.nlist):
+        size = invlists.list_size(lst)
+        if size:
+            ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
+            out[np.asarray(ids, dtype=np.int64)] = lst
+    if np.any(out < 0):
+        raise ResidualFormatError("the IVF index does not hold every token id once")
+    return out
+
+
+def ivf_centroids(index: faiss.Index) -> np.ndarray | None:
+    """The coarse quantizer's centroids ``(nlist, dim)`` float32, or ``None``."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return None
+    return np.ascontiguousarray(ivf.quantizer.reconstruct_n(0, ivf.nlist), dtype=np.float32)
+
+
+def train_centroids(sample: np.ndarray, n_centroids: int, seed: int) -> np.ndarray:
+    """k-means centroids (inner product, as the index's) for a store over a non-IVF index."""
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    n_centroids = max(1, min(n_centroids, len(sample)))
+    km = faiss.Kmeans(sample.shape[1], n_centroids, niter=20, seed=seed, spherical=True)
+    km.train(sample)
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+class ResidualStore:
+    """A residual store opened for search: memory-mapped ids and codes plus the codec."""
+
+    kind = "residual"
+
+    def __init__(self, codec: ResidualCodec, cids: np.ndarray, codes: np.ndarray):
+        if cids.shape[0] != codes.shape[0] or codes.shape[1:] != (codec.code_bytes,):
+            raise ResidualFormatError(
+                f"{cids.shape[0]} centroid ids and codes of shape {codes.shape}, expected "
+                f"(n, {codec.code_bytes})"
+            )
+        self.codec = codec
+        self.cids = cids
+        self.codes = codes
+        self._centroids = torch.from_numpy(codec.centroids)
+        self._byte_weights = torch.from_numpy(codec.byte_weights())
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.cids.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return self.codec.dim
+
+    def decode(self, rows: np.ndarray) -> np.ndarray:
+        """Decoded vectors of token ``rows`` ``(n,)`` -> ``(n, dim)`` float32."""
+        return self.codec.decode(self.cids[rows], self.codes[rows])
+
+    def lookup_tables(self, query: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per query ``(n_q, dim)``: the centroid scores and the residual byte tables.
+
+        Returns
+        -------
+        centroid_scores
+            ``(n_centroids, n_q)`` float32: ``<c, q_i>``.
+        byte_tables
+            ``(code_bytes * 256, n_q)`` float32; row ``p * 256 + v`` holds, for every
+            query token, the dot product of its dimensions stored in byte ``p`` with the
+            weights byte value ``v`` stands for.
+        """
+        q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
+        n_q, n_bytes = q.shape[0], self.codec.code_bytes
+        centroid_scores = self._centroids @ q.T
+        # Per byte p: (256, per) @ (per, n_q), batched over p -> (P, 256, n_q) directly.
+        q_bytes = q.reshape(n_q, n_bytes, -1).permute(1, 2, 0)
+        tables = torch.bmm(self._byte_weights.expand(n_bytes, -1, -1), q_bytes)
+        return centroid_scores, tables.reshape(n_bytes * 256, n_q)
+
+
+def open_residual(
+    folder: Path, params: dict[str, Any], n_tokens: int, dim: int, index: faiss.Index
+) -> ResidualStore:
+    """Open the residual store of an index folder (file sizes and hashes already checked).
+
+    Raises
+    ------
+    ResidualFormatError
+        When the files, ``params`` (from ``meta.json``) and the index disagree.
+    """
+    try:
+        nbits = int(params["nbits"])
+        n_centroids = int(params["n_centroids"])
+        cutoffs = np.asarray(params["cutoffs"], dtype=np.float32)
+        weights = np.asarray(params["weights"], dtype=np.float32)
+        source = str(params["centroids"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResidualFormatError(f"invalid store parameters in meta.json: {exc!r}") from exc
+    if source == "index":
+        centroids = ivf_centroids(index)
+        if centroids is None:
+            raise ResidualFormatError("the store reads its centroids from an IVF index, not this")
+    elif source == "file":
+        raw = np.fromfile(folder / CENTROIDS, dtype="<f4")
+        if raw.size != n_centroids * dim:
+            raise ResidualFormatError(f"{CENTROIDS}: {raw.size} values, not {n_centroids} x {dim}")
+        centroids = raw.reshape(n_centroids, dim)
+    else:
+        raise ResidualFormatError(f"unknown centroid source {source!r}")
+    if centroids.shape != (n_centroids, dim):
+        raise ResidualFormatError(
+            f"{centroids.shape[0]} centroids of dim {centroids.shape[1]}, meta.json says "
+            f"{n_centroids} of dim {dim}"
+        )
+    codec = ResidualCodec(centroids.astype(np.float32), cutoffs, weights, nbits)
+    dtype = cid_dtype(n_centroids)
+    cids = _map(folder / CIDS, dtype, (n_tokens,))
+    codes = _map(folder / CODES, np.dtype(np.uint8), (n_tokens, codec.code_bytes))
+    if n_tokens and int(cids.max()) >= n_centroids:
+        raise ResidualFormatError(f"{CIDS}: a centroid id is >= {n_centroids}")
+    return ResidualStore(codec, cids, codes)
+
+
+def _map(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    expected = int(np.prod(shape)) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        raise ResidualFormatError(f"{path.name}: {size} bytes, expected {expected}")
+    if expected == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+
+
+def iter_chunks(tokens: np.ndarray, size: int = ENCODE_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, rows)`` chunks of a token matrix, as float32."""
+    for lo in range(0, len(tokens), size):
+        yield lo, np.asarray(tokens[lo : lo + size], dtype=np.float32)
+
+
+#: Tokens sampled to fit the codec's cutoffs and weights (and, without an IVF index, its
+#: centroids); ColBERT fits them on a held-out sample of the same order.
+CODEC_SAMPLE = 262_144
+
+
+def write_residual_store(
+    folder: Path, tokens: np.ndarray, index: faiss.Index, nbits: int, seed: int
+) -> tuple[dict[str, dict[str, int | str]], dict[str, Any]]:
+    """Encode the float16 ``tokens`` ``(n_tokens, dim)`` into a residual store in ``folder``.
+
+    Centroids and assignments come from ``index`` when it is IVF (its coarse quantizer
+    and inverted lists); otherwise k-means (``4 sqrt(n)`` centroids, as IVF's rule) on a
+    seeded sample and a nearest-centroid search per chunk. Returns the written files'
+    ``{"bytes", "sha256"}`` entries and the parameters for ``meta.json``.
+    """
+    from ..index.spec import default_nlist  # the one nlist rule (index imports tokenstore)
+
+    n = len(tokens)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(n, size=min(n, CODEC_SAMPLE), replace=False))
+    sample = np.asarray(tokens[pick], dtype=np.float32)
+    centroids = ivf_centroids(index)
+    assignment = ivf_assignment(index) if centroids is not None else None
+    if centroids is None:
+        centroids = train_centroids(sample, default_nlist(n), seed)
+        sample_cids = ResidualCodec(
+            centroids, np.zeros(1, np.float32), np.zeros(2, np.float32), 1
+        ).assign(sample)
+    else:
+        sample_cids = assignment[pick]
+    codec = ResidualCodec.train(centroids, sample, sample_cids, nbits)
+    writer = ResidualStoreWriter(folder, codec, write_centroids=assignment is None)
+    try:
+        for lo, chunk in iter_chunks(tokens):
+            cids = None if assignment is None else assignment[lo : lo + len(chunk)]
+            writer.append(chunk, cids)
+        entries = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    params = {"kind": "residual", **codec.params()}
+    params["centroids"] = "index" if assignment is not None else "file"
+    return entries, params

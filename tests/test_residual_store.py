@@ -1,0 +1,250 @@
+"""The residual token store: codec, scoring without decoding, build, validation on load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_index import DIM, Corpus, make_clustered_root
+
+from colbert_core.errors import ConfigError
+from colbert_core.index import META, IndexConfig, IndexLoadError, build_index, load_index
+from colbert_core.search import SearchParams, search
+from colbert_core.search.maxsim import CandidateScorer, maxsim_reference
+from colbert_core.tokenstore import TOKENS
+from colbert_core.tokenstore.residual import (
+    CENTROIDS,
+    CIDS,
+    CODES,
+    ResidualCodec,
+    ResidualFormatError,
+    ResidualStore,
+)
+from colbert_core.tokenstore.store import StoreSpec
+
+
+def reference_decode(codec: ResidualCodec, cids: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Decode one dimension at a time in float64 from the documented layout (byte ``p``
+    holds dimensions ``p * 8/nbits ...``, the first in the lowest bits); independent of
+    the codec's lookup table."""
+    per = 8 // codec.nbits
+    mask = (1 << codec.nbits) - 1
+    out = np.zeros((len(cids), codec.dim), dtype=np.float64)
+    for t in range(len(cids)):
+        for d in range(codec.dim):
+            bucket = (int(codes[t, d // per]) >> (codec.nbits * (d % per))) & mask
+            out[t, d] = float(codec.centroids[cids[t], d]) + float(codec.weights[bucket])
+    return out
+
+
+def random_store(rng: np.random.Generator, nbits: int, dim: int, n_tokens: int, k: int):
+    centroids = rng.standard_normal((k, dim)).astype(np.float32)
+    sample = rng.standard_normal((max(n_tokens, 8), dim)).astype(np.float32)
+    codec = ResidualCodec.train(centroids, sample, rng.integers(0, k, len(sample)), nbits)
+    x = rng.standard_normal((n_tokens, dim)).astype(np.float32)
+    cids = rng.integers(0, k, n_tokens)
+    return codec, ResidualStore(codec, cids.astype(np.uint16), codec.encode(x, cids)), x, cids
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    nbits=st.sampled_from([1, 2, 4]),
+    dim=st.sampled_from([8, 16, 24]),
+    lengths=st.lists(st.integers(0, 9), min_size=1, max_size=12),
+    n_q=st.integers(1, 6),
+    block=st.sampled_from([1, 7, 4096]),
+    seed=st.integers(0, 2**16),
+)
+def test_scores_equal_numpy_decode_then_maxsim(nbits, dim, lengths, n_q, block, seed) -> None:
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    codec, store, _, cids = random_store(rng, nbits, dim, int(offsets[-1]), k=5)
+    decoded = reference_decode(codec, cids, np.asarray(store.codes))
+    np.testing.assert_allclose(store.decode(np.arange(store.n_tokens)), decoded, atol=1e-5)
+    query = rng.standard_normal((n_q, dim)).astype(np.float32)
+    cand = np.sort(rng.choice(len(lengths), size=rng.integers(0, len(lengths) + 1), replace=False))
+    got = CandidateScorer(block_tokens=block).score(query, store, offsets, cand)
+    want = [maxsim_reference(query, decoded[offsets[c] : offsets[c + 1]]) for c in cand]
+    np.testing.assert_allclose(got, np.asarray(want, dtype=np.float64), rtol=1e-5, atol=1e-4)
+    for c, s in zip(cand, got, strict=True):
+        if lengths[c] == 0:
+            assert s == 0.0  # an empty document scores 0, as in the float16 store
+
+
+def test_encode_packs_low_bits_first_and_buckets_by_cutoffs() -> None:
+    codec = ResidualCodec(
+        np.zeros((1, 4), np.float32),
+        np.array([-1.0, 0.0, 1.0], np.float32),
+        np.array([-2.0, -0.5, 0.5, 2.0], np.float32),
+        2,
+    )
+    codes = codec.encode(np.array([[-3.0, -0.5, 0.5, 3.0]], np.float32), np.zeros(1, int))
+    assert codes.tolist() == [[0b11100100]]  # buckets 0, 1, 2, 3 from the low bits up
+    assert codec.decode(np.zeros(1, int), codes).tolist() == [[-2.0, -0.5, 0.5, 2.0]]
+
+
+@pytest.mark.parametrize("nbits", [1, 2, 4])
+def test_more_bits_reconstruct_better(nbits: int) -> None:
+    rng = np.random.default_rng(0)
+    _, store, x, _ = random_store(rng, nbits, 32, 2000, k=16)
+    err = np.linalg.norm(store.decode(np.arange(2000)) - x, axis=1).mean()
+    # The residual of N(0,1) data around an unrelated centroid: 1 bit halves the error of
+    # "centroid only", each further bit halves it again (roughly).
+    assert err < {1: 0.8, 2: 0.4, 4: 0.15}[nbits] * np.linalg.norm(x, axis=1).mean() * 1.5
+
+
+def test_store_spec_parses_and_refuses_with_the_fix() -> None:
+    assert StoreSpec.parse("residual") == StoreSpec("residual", 2)
+    assert str(StoreSpec.parse("Residual:4")) == "residual:4"
+    for bad in ("residual:3", "residual:x", "pq", "float16:2"):
+        with pytest.raises(ConfigError, match=r"float16|residual"):
+            StoreSpec.parse(bad)
+    with pytest.raises(ConfigError, match="store"):
+        IndexConfig(store="bf16")
+    with pytest.raises(ResidualFormatError, match="multiple of 8"):
+        ResidualCodec(np.zeros((1, 12), np.float32), np.zeros(1, np.float32),
+                      np.zeros(2, np.float32), 1)  # fmt: skip
+
+
+# ------------------------------------------------------------------ build and load
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    return make_clustered_root(tmp_path_factory.mktemp("residual") / "root")
+
+
+def _build(corpus: Corpus, out: Path, index: IndexConfig) -> Path:
+    spec = index.resolve(n_tokens=corpus.n_tokens, dim=DIM)
+    build_index(str(corpus.root), str(out), spec, token_store=index.store_spec,
+                build=index.to_dict())  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("residual-idx")
+    configs = {
+        "ivf-f16": IndexConfig(type="ivfpq", nlist=32, pq_m=8, pq_nbits=6),
+        "ivf-r2": IndexConfig(type="ivfpq", nlist=32, pq_m=8, pq_nbits=6, store="residual:2"),
+        "flat-r1": IndexConfig(type="flat", store="residual:1"),
+    }
+    return {name: _build(corpus, base / name, cfg) for name, cfg in configs.items()}
+
+
+def test_ivf_store_reuses_the_index_centroids_and_lists(corpus: Corpus, built) -> None:
+    f16, res = load_index(built["ivf-f16"]), load_index(built["ivf-r2"])
+    meta = res.meta.to_dict()
+    assert meta["store"]["kind"] == "residual" and meta["store"]["nbits"] == 2
+    assert meta["store"]["centroids"] == "index" and meta["store"]["n_centroids"] == 32
+    assert meta["build"]["store"] == "residual:2"
+    # Same FAISS index as the float16 build; the store replaces tokens.f16.
+    assert meta["files"]["index.faiss"] == f16.meta.to_dict()["files"]["index.faiss"]
+    assert not (built["ivf-r2"] / TOKENS).exists() and not (built["ivf-r2"] / CENTROIDS).exists()
+    assert {CIDS, CODES} <= set(meta["files"])
+    per_token = DIM * 2 // 8 + 2
+    assert meta["bytes_per_token"]["token_store"] == pytest.approx(per_token, abs=1e-3)
+    assert res.store_kind == "residual" and f16.store_kind == "float16"
+    # Each token's centroid is its IVF list.
+    ivf = __import__("faiss").extract_index_ivf(res.index)
+    for lst in (0, 7, 31):
+        ids = __import__("faiss").rev_swig_ptr(
+            ivf.invlists.get_ids(lst), ivf.invlists.list_size(lst)
+        )
+        assert np.all(np.asarray(res.store.cids)[np.asarray(ids)] == lst)
+    # Decoded vectors are close to the originals (2 bits per dimension).
+    err = np.abs(res.store.decode(np.arange(corpus.n_tokens)) - corpus.tokens.astype(np.float32))
+    assert err.mean() < 0.5 * np.abs(corpus.tokens.astype(np.float32)).mean()
+
+
+def test_flat_index_store_trains_its_own_centroids(built) -> None:
+    res = load_index(built["flat-r1"])
+    store = res.meta.store
+    assert store["centroids"] == "file" and store["nbits"] == 1
+    assert (built["flat-r1"] / CENTROIDS).stat().st_size == store["n_centroids"] * DIM * 4
+
+
+@pytest.mark.parametrize("name", ["ivf-r2", "flat-r1"])
+def test_search_through_the_store_equals_the_reference(corpus: Corpus, built, name) -> None:
+    loaded = load_index(built[name])
+    rng = np.random.default_rng(1)
+    queries = [corpus.tokens[rng.choice(corpus.n_tokens, 8)].astype(np.float32) for _ in range(5)]
+    results = search(loaded, queries, SearchParams(k=10, k_prime=16, max_candidates=40))
+    for q, r in zip(queries, results, strict=True):
+        assert len(r.doc_index) == 10
+        for doc, score in zip(r.doc_index, r.scores, strict=True):
+            rows = np.arange(loaded.doc_offsets[doc], loaded.doc_offsets[doc + 1])
+            ref = maxsim_reference(q, reference_decode(
+                loaded.store.codec, np.asarray(loaded.store.cids)[rows], loaded.store.codes[rows]))  # fmt: skip
+            assert score == pytest.approx(ref, abs=1e-4)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_damaged_store_files_are_refused_with_the_fix(built, tmp_path: Path) -> None:
+    truncated = _copy(built["ivf-r2"], tmp_path / "truncated")
+    with (truncated / CODES).open("r+b") as fh:
+        fh.truncate((truncated / CODES).stat().st_size - 8)
+    with pytest.raises(IndexLoadError, match=r"residual\.codes.*truncated or replaced"):
+        load_index(truncated)
+
+    flipped = _copy(built["ivf-r2"], tmp_path / "flipped")
+    raw = bytearray((flipped / CIDS).read_bytes())
+    raw[10] ^= 0xFF
+    (flipped / CIDS).write_bytes(bytes(raw))
+    with pytest.raises(IndexLoadError, match=r"residual\.cids.*sha256"):
+        load_index(flipped)
+
+    missing = _copy(built["flat-r1"], tmp_path / "missing")
+    (missing / CENTROIDS).unlink()
+    with pytest.raises(IndexLoadError, match=r"missing index file .*residual\.centroids"):
+        load_index(missing)
+
+
+def _edit_meta(folder: Path, edit) -> None:
+    meta = json.loads((folder / META).read_text())
+    edit(meta)
+    (folder / META).write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # Files of a 2-bit store described as 4-bit: the codes' size no longer fits.
+        (lambda m: m["store"].update(nbits=4, cutoffs=list(range(15)), weights=list(range(16))),
+         r"residual\.codes: \d+ bytes, expected"),
+        (lambda m: m["store"].update(cutoffs=[0.5, 0.1, 0.2]), "cutoffs must be ascending"),
+        (lambda m: m["store"].update(n_centroids=16), "32 centroids of dim 32, meta.json says 16"),
+        (lambda m: m["store"].pop("weights"), "invalid store parameters"),
+        (lambda m: m["store"].update(kind="pq"), "unknown token store 'pq'"),
+    ],
+)  # fmt: skip
+def test_mismatched_store_description_is_refused(built, tmp_path: Path, edit, message) -> None:
+    folder = _copy(built["ivf-r2"], tmp_path / "idx")
+    _edit_meta(folder, edit)
+    with pytest.raises(IndexLoadError, match=message):
+        load_index(folder)
+
+
+def test_index_without_a_store_entry_reads_as_float16(built, tmp_path: Path) -> None:
+    folder = _copy(built["ivf-f16"], tmp_path / "old")
+    _edit_meta(folder, lambda m: m.pop("store"))
+    assert load_index(folder).store_kind == "float16"
+
+
+def test_cli_refuses_a_bad_store_naming_the_option(tmp_path: Path, capsys) -> None:
+    from jobs.cli import main
+
+    argv = ["index", "--embeddings", str(tmp_path), "--out", str(tmp_path / "i")]
+    assert main([*argv, "--store", "residual:3"]) == 2
+    err = capsys.readouterr().err
+    assert "--store" in err and "residual:2" in err
