@@ -91,8 +91,12 @@ class IndexMeta:
         return int(value) if value else None
 
     def is_complete_for(self, build: dict[str, Any], manifest_sha256: str) -> bool:
-        """Whether this index was built with options ``build`` from that exact manifest."""
-        return self.build == build and self.source_manifest_sha256 == manifest_sha256
+        """Whether this index was built with options ``build`` from that exact manifest.
+
+        An index from before ``--store`` existed was built with the float16 store.
+        """
+        recorded = {"store": "float16", **self.build}
+        return recorded == build and self.source_manifest_sha256 == manifest_sha256
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -17,7 +17,7 @@ Files (sizes and sha256 in ``meta.json`` like every other file)::
     residual.centroids   (n_centroids, dim) float32, LE - only when the index has no
                          coarse quantizer to read them from
 
-Scoring never decodes (:meth:`ResidualStore.lookup_tables`): for a query token ``q``,
+Scoring never decodes (:meth:`ResidualStore.lookup_table`): for a query token ``q``,
 ``<q, c + r> = <q, c> + sum_p T_q[p, byte_p]``, where ``T_q[p, v]`` is the dot product of
 ``q``'s slice of byte ``p`` with the weights byte value ``v`` stands for. A token costs
 ``dim * nbits / 8`` table lookups instead of ``dim`` multiply-adds after a decode.
@@ -26,6 +26,7 @@ Scoring never decodes (:meth:`ResidualStore.lookup_tables`): for a query token `
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,13 +151,7 @@ class ResidualCodec:
 
     def assign(self, x: np.ndarray) -> np.ndarray:
         """Nearest centroid (largest inner product) of each row of ``x`` ``(n, dim)``."""
-        quantizer = faiss.IndexFlatIP(self.dim)
-        quantizer.add(self.centroids)
-        out = np.empty(len(x), dtype=np.int64)
-        for lo in range(0, len(x), ENCODE_CHUNK):
-            chunk = np.ascontiguousarray(x[lo : lo + ENCODE_CHUNK], dtype=np.float32)
-            out[lo : lo + len(chunk)] = quantizer.search(chunk, 1)[1][:, 0]
-        return out
+        return nearest_centroids(self.centroids, x)
 
     def encode(self, x: np.ndarray, cids: np.ndarray) -> np.ndarray:
         """Packed residual buckets ``(n, code_bytes)`` uint8 of ``x`` against ``cids``.
@@ -192,6 +187,17 @@ class ResidualCodec:
         """The stored vectors ``(n, dim)`` float32: centroid + bucket weights."""
         residual = self.byte_weights()[np.asarray(codes)].reshape(len(codes), self.dim)
         return self.centroids[np.asarray(cids, dtype=np.int64)] + residual
+
+
+def nearest_centroids(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Index of the centroid with the largest inner product, per row of ``x``; ``(n,)``."""
+    quantizer = faiss.IndexFlatIP(centroids.shape[1])
+    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    out = np.empty(len(x), dtype=np.int64)
+    for lo in range(0, len(x), ENCODE_CHUNK):
+        chunk = np.ascontiguousarray(x[lo : lo + ENCODE_CHUNK], dtype=np.float32)
+        out[lo : lo + len(chunk)] = quantizer.search(chunk, 1)[1][:, 0]
+    return out
 
 
 class ResidualStoreWriter:
@@ -296,6 +302,15 @@ class ResidualStore:
         self.codes = codes
         self._centroids = torch.from_numpy(codec.centroids)
         self._byte_weights = torch.from_numpy(codec.byte_weights())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only memmaps, only read
+            self._codes_t = torch.from_numpy(np.asarray(codes))
+            # torch has no index_select for unsigned 16/32-bit ints: gather the same bits
+            # as signed ints and mask them back (bag_indices).
+            raw = np.asarray(cids)
+            self._cids_t = torch.from_numpy(raw.view(np.int16 if raw.itemsize == 2 else np.int32))
+        self._cid_mask = (1 << 16) - 1 if np.asarray(cids).itemsize == 2 else None
+        self._row_offsets = torch.empty(0, dtype=torch.int32)
 
     @property
     def n_tokens(self) -> int:
@@ -309,25 +324,37 @@ class ResidualStore:
         """Decoded vectors of token ``rows`` ``(n,)`` -> ``(n, dim)`` float32."""
         return self.codec.decode(self.cids[rows], self.codes[rows])
 
-    def lookup_tables(self, query: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per query ``(n_q, dim)``: the centroid scores and the residual byte tables.
+    def lookup_table(self, query: np.ndarray) -> torch.Tensor:
+        """The query's scoring table: ``(code_bytes * 256 + n_centroids, n_q)`` float32.
 
-        Returns
-        -------
-        centroid_scores
-            ``(n_centroids, n_q)`` float32: ``<c, q_i>``.
-        byte_tables
-            ``(code_bytes * 256, n_q)`` float32; row ``p * 256 + v`` holds, for every
-            query token, the dot product of its dimensions stored in byte ``p`` with the
-            weights byte value ``v`` stands for.
+        Row ``p * 256 + v`` holds, for every query token, the dot product of its
+        dimensions stored in byte ``p`` with the weights byte value ``v`` stands for; row
+        ``code_bytes * 256 + c`` holds ``<q_i, centroid_c>``. A token's score for every
+        query token is the sum of the rows its bytes and its centroid select
+        (:meth:`bag_indices`): ``<q_i, c + r>``, the decoded vector's dot product.
         """
         q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
         n_q, n_bytes = q.shape[0], self.codec.code_bytes
-        centroid_scores = self._centroids @ q.T
         # Per byte p: (256, per) @ (per, n_q), batched over p -> (P, 256, n_q) directly.
         q_bytes = q.reshape(n_q, n_bytes, -1).permute(1, 2, 0)
         tables = torch.bmm(self._byte_weights.expand(n_bytes, -1, -1), q_bytes)
-        return centroid_scores, tables.reshape(n_bytes * 256, n_q)
+        return torch.cat([tables.reshape(n_bytes * 256, n_q), self._centroids @ q.T])
+
+    def bag_indices(self, rows: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+        """Fill ``out`` ``(len(rows), code_bytes + 1)`` int32 with the table rows of tokens
+        ``rows``: ``p * 256 + byte_p`` per byte, then ``code_bytes * 256 + centroid``."""
+        n_bytes = self.codec.code_bytes
+        if self._row_offsets.shape != (n_bytes + 1,):
+            self._row_offsets = torch.arange(n_bytes + 1, dtype=torch.int32) * 256
+        index = torch.from_numpy(rows)
+        out[:, :n_bytes].copy_(torch.index_select(self._codes_t, 0, index))
+        centroid = out[:, n_bytes]
+        centroid.copy_(torch.index_select(self._cids_t, 0, index))
+        if self._cid_mask is not None:
+            centroid.bitwise_and_(self._cid_mask)
+        # In place on a reused int32 buffer: a fresh, promoted uint8 + int32 sum costs
+        # 15x more.
+        return out.add_(self._row_offsets)
 
 
 def open_residual(
@@ -389,9 +416,20 @@ def iter_chunks(tokens: np.ndarray, size: int = ENCODE_CHUNK) -> Iterator[tuple[
         yield lo, np.asarray(tokens[lo : lo + size], dtype=np.float32)
 
 
-#: Tokens sampled to fit the codec's cutoffs and weights (and, without an IVF index, its
-#: centroids); ColBERT fits them on a held-out sample of the same order.
-CODEC_SAMPLE = 262_144
+#: Tokens sampled to fit the codec's cutoffs and weights: 65,536 x dim residual values
+#: (25M at d=384) pin a handful of quantiles far below their effect on ranking, and keep
+#: the build's extra memory to ~0.1 GB x dim/384.
+CODEC_SAMPLE = 65_536
+
+#: k-means sample per centroid for a store over a non-IVF index (the IVF rule's 40).
+KMEANS_PER_CENTROID = 40
+
+
+def sample_rows(tokens: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` rows drawn without replacement (seeded), in order, as float32, and their ids."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(tokens), size=min(n, len(tokens)), replace=False))
+    return np.asarray(tokens[pick], dtype=np.float32), pick
 
 
 def write_residual_store(
@@ -407,18 +445,18 @@ def write_residual_store(
     from ..index.spec import default_nlist  # the one nlist rule (index imports tokenstore)
 
     n = len(tokens)
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(n, size=min(n, CODEC_SAMPLE), replace=False))
-    sample = np.asarray(tokens[pick], dtype=np.float32)
     centroids = ivf_centroids(index)
     assignment = ivf_assignment(index) if centroids is not None else None
     if centroids is None:
-        centroids = train_centroids(sample, default_nlist(n), seed)
-        sample_cids = ResidualCodec(
-            centroids, np.zeros(1, np.float32), np.zeros(2, np.float32), 1
-        ).assign(sample)
-    else:
-        sample_cids = assignment[pick]
+        n_centroids = default_nlist(n)
+        km_sample, _ = sample_rows(
+            tokens, max(CODEC_SAMPLE, KMEANS_PER_CENTROID * n_centroids), seed
+        )
+        centroids = train_centroids(km_sample, n_centroids, seed)
+        del km_sample
+    # Cutoffs and weights from a second draw (ColBERT fits them on held-out vectors).
+    sample, pick = sample_rows(tokens, CODEC_SAMPLE, seed + 1)
+    sample_cids = nearest_centroids(centroids, sample) if assignment is None else assignment[pick]
     codec = ResidualCodec.train(centroids, sample, sample_cids, nbits)
     writer = ResidualStoreWriter(folder, codec, write_centroids=assignment is None)
     try:
