@@ -81,15 +81,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         qfile = Path(tmp) / "q.npz"
         np.savez(qfile, n=len(qv), **{f"q_{i}": v for i, v in enumerate(qv)})
-        for index in args.indexes.split(","):
+        for index in [str(Path(x).resolve()) for x in args.indexes.split(",")]:
             code = f"import sys; sys.argv=['x']; from search_rss import child; child({index!r}, {str(qfile)!r})"
             out = subprocess.run(
                 [sys.executable, "-c", code],
                 cwd=Path(__file__).parent,
-                check=True,
                 capture_output=True,
                 text=True,
             )
+            if out.returncode != 0:
+                raise SystemExit(f"{index}: the search child failed:\n{out.stderr[-3000:]}")
             print(out.stdout.strip().splitlines()[-1])
 
 

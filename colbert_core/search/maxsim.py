@@ -257,6 +257,7 @@ class CandidateScorer:
                 continue
             bags = store.bag_indices(rows, self._bag_buffer(rows.size, width))
             sim = torch.nn.functional.embedding_bag(bags, table, mode="sum")  # (n, n_q)
+            sim.mul_(store.token_scales(rows))
             out[lo:hi] = _segment_max_sum(sim.numpy(), seg)
         return out
 

@@ -6,14 +6,16 @@ store costs no second assignment pass and no second copy of the centroids) and, 
 dimension, the bucket of the residual ``x - c`` among ``2**nbits`` buckets. The bucket
 cutoffs and the value each bucket decodes to (its weight) are quantiles of the residuals
 of a training sample, shared by all dimensions, as in ColBERT's
-``indexing/codecs/residual.py``. The decoded vector is ``c + weights[buckets]`` (not
-re-normalised: the exact stage scores exactly what is stored).
+``indexing/codecs/residual.py``. The decoded vector is ``c + weights[buckets]`` scaled to
+unit length, as ColBERT's decompression normalises it: the scale ``1 / |c + r|`` is
+stored per token (float16), because MaxSim never materialises the vector to normalise it.
 
 Files (sizes and sha256 in ``meta.json`` like every other file)::
 
     residual.cids        (n_tokens,) uint16 (or uint32 beyond 65,536 centroids), LE
     residual.codes       (n_tokens, dim * nbits / 8) uint8; byte ``p`` holds dimensions
                          ``p*8/nbits ...``, the first one in the lowest bits
+    residual.scales      (n_tokens,) float16, LE: 1 / |centroid + residual| per token
     residual.centroids   (n_centroids, dim) float32, LE - only when the index has no
                          coarse quantizer to read them from
 
@@ -38,6 +40,7 @@ import torch
 
 CIDS = "residual.cids"
 CODES = "residual.codes"
+SCALES = "residual.scales"
 CENTROIDS = "residual.centroids"
 NBITS = (1, 2, 4)
 
@@ -116,8 +119,8 @@ class ResidualCodec:
 
     @property
     def bytes_per_token(self) -> int:
-        """Stored bytes per token: centroid id + packed residual buckets."""
-        return self.code_bytes + cid_dtype(self.n_centroids).itemsize
+        """Stored bytes per token: centroid id + packed residual buckets + scale."""
+        return self.code_bytes + cid_dtype(self.n_centroids).itemsize + 2
 
     @classmethod
     def train(
@@ -184,7 +187,7 @@ class ResidualCodec:
         return self.weights[values & mask].astype(np.float32)
 
     def decode(self, cids: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """The stored vectors ``(n, dim)`` float32: centroid + bucket weights."""
+        """Centroid + bucket weights ``(n, dim)`` float32, before the per-token scale."""
         residual = self.byte_weights()[np.asarray(codes)].reshape(len(codes), self.dim)
         return self.centroids[np.asarray(cids, dtype=np.int64)] + residual
 
@@ -200,6 +203,13 @@ def nearest_centroids(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def unit_scales(raw: np.ndarray) -> np.ndarray:
+    """``1 / |row|`` per row of ``raw`` ``(n, dim)``, as float16 (0 for a zero row)."""
+    norms = np.linalg.norm(raw.astype(np.float64), axis=1)
+    with np.errstate(divide="ignore"):
+        return np.where(norms > 0, 1.0 / norms, 0.0).astype("<f2")
+
+
 class ResidualStoreWriter:
     """Encode float16 token chunks into ``residual.cids`` and ``residual.codes`` (through
     temp files, hashed as they are written)."""
@@ -210,7 +220,7 @@ class ResidualStoreWriter:
         self.write_centroids = write_centroids
         self.n_tokens = 0
         self._dtype = cid_dtype(codec.n_centroids)
-        self._files = {name: folder / f".{name}.tmp" for name in (CIDS, CODES)}
+        self._files = {name: folder / f".{name}.tmp" for name in (CIDS, CODES, SCALES)}
         self._handles = {name: path.open("wb") for name, path in self._files.items()}
         self._sha = {name: hashlib.sha256() for name in self._files}
 
@@ -221,8 +231,10 @@ class ResidualStoreWriter:
             cids = self.codec.assign(tokens)
         if cids.shape != (len(tokens),):
             raise ResidualFormatError(f"{len(cids)} centroid ids for {len(tokens)} tokens")
+        codes = self.codec.encode(tokens, cids)
         self._write(CIDS, np.ascontiguousarray(cids, dtype=self._dtype).tobytes())
-        self._write(CODES, self.codec.encode(tokens, cids).tobytes())
+        self._write(CODES, codes.tobytes())
+        self._write(SCALES, unit_scales(self.codec.decode(cids, codes)).tobytes())
         self.n_tokens += len(tokens)
 
     def _write(self, name: str, raw: bytes) -> None:
@@ -291,15 +303,22 @@ class ResidualStore:
 
     kind = "residual"
 
-    def __init__(self, codec: ResidualCodec, cids: np.ndarray, codes: np.ndarray):
-        if cids.shape[0] != codes.shape[0] or codes.shape[1:] != (codec.code_bytes,):
+    def __init__(
+        self, codec: ResidualCodec, cids: np.ndarray, codes: np.ndarray, scales: np.ndarray
+    ):
+        if (
+            cids.shape[0] != codes.shape[0]
+            or codes.shape[1:] != (codec.code_bytes,)
+            or scales.shape != cids.shape
+        ):
             raise ResidualFormatError(
-                f"{cids.shape[0]} centroid ids and codes of shape {codes.shape}, expected "
-                f"(n, {codec.code_bytes})"
+                f"{cids.shape[0]} centroid ids, codes of shape {codes.shape} and "
+                f"{scales.shape[0]} scales, expected (n, {codec.code_bytes}) codes and n scales"
             )
         self.codec = codec
         self.cids = cids
         self.codes = codes
+        self.scales = scales
         self._centroids = torch.from_numpy(codec.centroids)
         self._byte_weights = torch.from_numpy(codec.byte_weights())
         with warnings.catch_warnings():
@@ -309,6 +328,7 @@ class ResidualStore:
             # as signed ints and mask them back (bag_indices).
             raw = np.asarray(cids)
             self._cids_t = torch.from_numpy(raw.view(np.int16 if raw.itemsize == 2 else np.int32))
+            self._scales_t = torch.from_numpy(np.asarray(scales))
         self._cid_mask = (1 << 16) - 1 if np.asarray(cids).itemsize == 2 else None
         self._row_offsets = torch.empty(0, dtype=torch.int32)
 
@@ -321,8 +341,13 @@ class ResidualStore:
         return self.codec.dim
 
     def decode(self, rows: np.ndarray) -> np.ndarray:
-        """Decoded vectors of token ``rows`` ``(n,)`` -> ``(n, dim)`` float32."""
-        return self.codec.decode(self.cids[rows], self.codes[rows])
+        """Decoded (unit) vectors of token ``rows`` ``(n,)`` -> ``(n, dim)`` float32."""
+        raw = self.codec.decode(self.cids[rows], self.codes[rows])
+        return raw * np.asarray(self.scales[rows], dtype=np.float32)[:, None]
+
+    def token_scales(self, rows: np.ndarray) -> torch.Tensor:
+        """``(n, 1)`` float32 scales of token ``rows``: multiply the bag sums by them."""
+        return torch.index_select(self._scales_t, 0, torch.from_numpy(rows)).float()[:, None]
 
     def lookup_table(self, query: np.ndarray) -> torch.Tensor:
         """The query's scoring table: ``(code_bytes * 256 + n_centroids, n_q)`` float32.
@@ -331,7 +356,8 @@ class ResidualStore:
         dimensions stored in byte ``p`` with the weights byte value ``v`` stands for; row
         ``code_bytes * 256 + c`` holds ``<q_i, centroid_c>``. A token's score for every
         query token is the sum of the rows its bytes and its centroid select
-        (:meth:`bag_indices`): ``<q_i, c + r>``, the decoded vector's dot product.
+        (:meth:`bag_indices`), ``<q_i, c + r>``, times its scale (:meth:`token_scales`):
+        the decoded vector's dot product.
         """
         q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
         n_q, n_bytes = q.shape[0], self.codec.code_bytes
@@ -395,9 +421,10 @@ def open_residual(
     dtype = cid_dtype(n_centroids)
     cids = _map(folder / CIDS, dtype, (n_tokens,))
     codes = _map(folder / CODES, np.dtype(np.uint8), (n_tokens, codec.code_bytes))
+    scales = _map(folder / SCALES, np.dtype("<f2"), (n_tokens,))
     if n_tokens and int(cids.max()) >= n_centroids:
         raise ResidualFormatError(f"{CIDS}: a centroid id is >= {n_centroids}")
-    return ResidualStore(codec, cids, codes)
+    return ResidualStore(codec, cids, codes, scales)
 
 
 def _map(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:

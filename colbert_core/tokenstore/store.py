@@ -4,7 +4,7 @@ Two kinds, chosen with ``colbert-batch index --store``:
 
 * ``float16`` - every token vector in float16 (:mod:`.float16`), ``2 * dim`` bytes/token;
 * ``residual:B`` - ColBERTv2's residual codec with ``B`` in {1, 2, 4} bits per dimension
-  (:mod:`.residual`), ``dim * B / 8 + 2`` bytes/token.
+  (:mod:`.residual`), ``dim * B / 8 + 4`` bytes/token.
 
 ``meta.json`` records the kind and the codec's parameters under ``"store"``; an index
 without that entry (built before the choice existed) has a float16 store.
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .float16 import TOKENS
-from .residual import CENTROIDS, CIDS, CODES, NBITS, ResidualStore
+from .residual import CENTROIDS, CIDS, CODES, NBITS, SCALES, ResidualStore
 
 #: What the exact stage reads: a float16 ``(n_tokens, dim)`` matrix or a residual store.
 TokenStore = Union[np.ndarray, ResidualStore]  # noqa: UP007 - a runtime alias
@@ -76,12 +76,12 @@ def store_files(store: dict[str, Any]) -> tuple[str, ...]:
     """The files of a store described by ``meta.json``'s ``"store"`` entry.
 
     >>> store_files({"kind": "float16"}), store_files({"kind": "residual", "centroids": "index"})
-    (('tokens.f16',), ('residual.cids', 'residual.codes'))
+    (('tokens.f16',), ('residual.cids', 'residual.codes', 'residual.scales'))
     """
     if store.get("kind", "float16") == "float16":
         return (TOKENS,)
     extra = (CENTROIDS,) if store.get("centroids") == "file" else ()
-    return (CIDS, CODES, *extra)
+    return (CIDS, CODES, SCALES, *extra)
 
 
 def store_label(store: dict[str, Any]) -> str:
