@@ -299,7 +299,8 @@ def train_centroids(sample: np.ndarray, n_centroids: int, seed: int) -> np.ndarr
 
 
 class ResidualStore:
-    """A residual store opened for search: memory-mapped ids and codes plus the codec."""
+    """A residual store opened for search: memory-mapped centroid ids, codes and scales,
+    and the codec."""
 
     kind = "residual"
 
