@@ -25,16 +25,9 @@ import numpy as np
 from ..embeddings import Embeddings, ShardInfo
 from ..embeddings.manifest import now_iso
 from ..storage import file_entry, is_s3, open_storage, write_bytes_atomic
-from ..tokenstore import (
-    DOC_IDS,
-    OFFSETS,
-    TOKENS,
-    DocMappingWriter,
-    Float16StoreWriter,
-    open_float16,
-)
+from ..tokenstore import TOKENS, DocMappingWriter, Float16StoreWriter, open_float16
 from ..tokenstore.residual import write_residual_store
-from ..tokenstore.store import StoreSpec
+from ..tokenstore.store import StoreSpec, store_files
 from .meta import INDEX_FILE, META, FileEntry, IndexMeta
 from .spec import IndexSpec, IndexSpecError
 
@@ -105,9 +98,6 @@ def sample_training_vectors(store: Embeddings, n: int, seed: int) -> np.ndarray:
         base += info.n_tokens
     return out
 
-
-#: Files of an index folder that are not the token store.
-_NOT_STORE = frozenset({INDEX_FILE, OFFSETS, DOC_IDS})
 
 #: Rows converted to float32 at a time while adding. FAISS's IVF-PQ add keeps a few
 #: float32 copies of its input (residuals, assignments); 16k rows (25 MB at d=384) keeps
@@ -363,7 +353,7 @@ def _build_local(
         t0 = time.perf_counter()
         store_meta = _compress(out, index, store, token_store, spec.seed, files)
         store_meta["encode_s"] = round(time.perf_counter() - t0, 3)
-    store_bytes = sum(e.bytes for name, e in files.items() if name not in _NOT_STORE)
+    store_bytes = sum(files[name].bytes for name in store_files(store_meta))
     n = max(store.n_tokens, 1)
     meta = IndexMeta(
         type=spec.type,

@@ -153,12 +153,7 @@ def maxsim_segments(
     q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).to(device, dtype)
     t = torch.from_numpy(np.ascontiguousarray(tokens)).to(device).to(dtype)
     sim = (q @ t.T).float().cpu().numpy()
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    best = np.zeros((sim.shape[0], n), dtype=np.float32)
-    nonempty = lengths > 0
-    best[:, nonempty] = np.maximum.reduceat(sim, starts[nonempty], axis=1)
-    return best.sum(axis=0)
+    return segment_maxsim(sim, lengths, token_axis=1)
 
 
 class CandidateScorer:
@@ -223,13 +218,7 @@ class CandidateScorer:
             half, full = self._buffers(n, store.shape[1], store.dtype)
             torch.index_select(store, 0, torch.from_numpy(rows), out=half)
             full.copy_(half)
-            sim = (q @ full.T).numpy()
-            starts = np.zeros(len(seg), dtype=np.int64)
-            np.cumsum(seg[:-1], out=starts[1:])
-            nonempty = seg > 0
-            best = np.zeros((sim.shape[0], len(seg)), dtype=np.float32)
-            best[:, nonempty] = np.maximum.reduceat(sim, starts[nonempty], axis=1)
-            out[lo:hi] = best.sum(axis=0)
+            out[lo:hi] = segment_maxsim((q @ full.T).numpy(), seg, token_axis=1)
         return out
 
     def _score_residual(
@@ -258,7 +247,7 @@ class CandidateScorer:
             bags = store.bag_indices(rows, self._bag_buffer(rows.size, width))
             sim = torch.nn.functional.embedding_bag(bags, table, mode="sum")  # (n, n_q)
             sim.mul_(store.token_scales(rows))
-            out[lo:hi] = _segment_max_sum(sim.numpy(), seg)
+            out[lo:hi] = segment_maxsim(sim.numpy(), seg, token_axis=0)
         return out
 
     def _bag_buffer(self, n: int, width: int) -> torch.Tensor:
@@ -274,15 +263,24 @@ class CandidateScorer:
         return self._half[:n], self._full[:n]
 
 
-def _segment_max_sum(sim: np.ndarray, seg: np.ndarray) -> np.ndarray:
-    """``(n_tokens, n_q)`` similarities of documents stored back to back (``seg[k]``
-    tokens each) -> each document's MaxSim ``(len(seg),)``; empty documents score 0."""
+def segment_maxsim(sim: np.ndarray, seg: np.ndarray, token_axis: int) -> np.ndarray:
+    """Similarities of query tokens to documents stored back to back (``seg[k]`` tokens
+    each, along ``token_axis`` of the 2-D ``sim``) -> each document's MaxSim
+    ``(len(seg),)`` float32; empty documents score 0. The axis is the caller's layout:
+    ``reduceat`` along a transposed copy would cost more than the reduction.
+
+    >>> segment_maxsim(np.array([[1., .5, 0.], [0., 0., 1.]]), np.array([2, 0, 1]), 1)
+    array([1., 0., 1.], dtype=float32)
+    """
     starts = np.zeros(len(seg), dtype=np.int64)
     np.cumsum(seg[:-1], out=starts[1:])
     nonempty = seg > 0
-    best = np.zeros((len(seg), sim.shape[1]), dtype=np.float32)
-    best[nonempty] = np.maximum.reduceat(sim, starts[nonempty], axis=0)
-    return best.sum(axis=1)
+    shape = [len(seg), len(seg)]
+    shape[1 - token_axis] = sim.shape[1 - token_axis]
+    best = np.zeros(shape, dtype=np.float32)
+    index = (slice(None), nonempty) if token_axis == 1 else (nonempty, slice(None))
+    best[index] = np.maximum.reduceat(sim, starts[nonempty], axis=token_axis)
+    return best.sum(axis=1 - token_axis)
 
 
 def consecutive_groups(lengths: Sequence[int] | np.ndarray, limit: int) -> list[tuple[int, int]]:

@@ -302,8 +302,6 @@ class ResidualStore:
     """A residual store opened for search: memory-mapped centroid ids, codes and scales,
     and the codec."""
 
-    kind = "residual"
-
     def __init__(
         self, codec: ResidualCodec, cids: np.ndarray, codes: np.ndarray, scales: np.ndarray
     ):
