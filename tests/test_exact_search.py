@@ -9,9 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from colbert_core.embeddings import Embeddings, Manifest
+from colbert_core.embeddings import Embeddings, EmbeddingsView, Manifest, ManifestError, ViewPart
 from colbert_core.embeddings.shards import build_shard, write_shard
-from colbert_core.search.exact import SearchResult, exact_search, topk_merge
+from colbert_core.search.exact import (
+    SearchResult,
+    exact_search,
+    exact_search_prefixes,
+    topk_merge,
+)
 from colbert_core.search.maxsim import maxsim_reference
 
 BUDGETS = [1, 600, 4096, 1 << 16, 1 << 30]  # 1 byte: one query per group, one doc per block
@@ -26,15 +31,18 @@ def unit_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return v.astype(np.float16)
 
 
-def write_root(root: Path, docs: list[np.ndarray], shard_sizes: list[int], dim: int) -> Path:
-    """Write ``docs`` (float16) as consecutive shards plus a complete manifest."""
+def write_root(
+    root: Path, docs: list[np.ndarray], shard_sizes: list[int], dim: int, id_base: int = 0
+) -> Path:
+    """Write ``docs`` (float16) as consecutive shards plus a complete manifest; document
+    ``i`` is ``doc-<id_base + i>``."""
     assert sum(shard_sizes) == len(docs)
     infos = []
     first = 0
     for shard_id, size in enumerate(shard_sizes):
         vectors = docs[first : first + size]
         data = build_shard(
-            [f"doc-{i}" for i in range(first, first + size)],
+            [f"doc-{id_base + i}" for i in range(first, first + size)],
             range(first, first + size),
             vectors,
             dim,
@@ -276,3 +284,49 @@ def test_topk_merge_padding_sorts_last_and_rows_are_independent() -> None:
     assert s.tolist() == [[0.5, -2.0, -np.inf, -np.inf], [3.0, 3.0, 3.0, 1.0]]
     s1, i1 = topk_merge(a_s, a_i, b_s, b_i, 1)
     assert i1.tolist() == [[6], [0]] and s1.tolist() == [[0.5], [3.0]]
+
+
+# ------------------------------------------------------ prefixes of a view (scaling studies)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_one_pass_over_a_view_gives_the_exact_top_k_of_every_prefix(
+    tmp_path: Path, seed: int
+) -> None:
+    """A study's corpus: all of ROOT A, then the first m documents of ROOT B (cut inside a
+    shard). Every stop's result equals brute force over exactly that prefix."""
+    rng = np.random.default_rng(seed)
+    dim = 8
+    docs_a, docs_b = random_corpus(rng, 13, dim), random_corpus(rng, 30, dim)
+    root_a = write_root(tmp_path / "a", docs_a, split(rng, 13, 2), dim)
+    root_b = write_root(tmp_path / "b", docs_b, split(rng, 30, 4), dim, id_base=13)
+    m = int(rng.integers(1, 30))
+    view = EmbeddingsView([ViewPart(str(root_a)), ViewPart(str(root_b), m)])
+    corpus = docs_a + docs_b[:m]
+    assert view.n_docs == 13 + m
+    assert view.n_tokens == sum(d.shape[0] for d in corpus)
+    data = list(view)
+    np.testing.assert_array_equal(np.concatenate([d.doc_index for d in data]), np.arange(13 + m))
+    np.testing.assert_array_equal(np.concatenate([d.tokens for d in data]), np.concatenate(corpus))
+    queries = [unit_vectors(rng, int(n), dim) for n in rng.integers(1, 8, 5)]
+    stops = sorted({int(s) for s in rng.integers(1, 13 + m + 1, 3)} | {13 + m})
+    results = exact_search_prefixes(view, queries, stops[::-1], k=6)
+    for stop, result in zip(stops[::-1], results, strict=True):
+        assert_matches_reference(result, queries, corpus[:stop], 6)
+
+
+def test_a_view_refuses_more_documents_than_a_part_holds(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    root = write_root(tmp_path / "a", random_corpus(rng, 5, 4), [5], 4)
+    with pytest.raises(ManifestError, match="holds 5 documents but the view needs its first 9"):
+        EmbeddingsView([ViewPart(str(root), 9)])
+
+
+def test_view_identity_follows_its_documents(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    a = write_root(tmp_path / "a", random_corpus(rng, 4, 4), [4], 4)
+    b = write_root(tmp_path / "b", random_corpus(rng, 9, 4), [5, 4], 4, id_base=4)
+    sha = [
+        EmbeddingsView([ViewPart(str(a)), ViewPart(str(b), n)]).manifest_sha256 for n in (3, 3, 6)
+    ]
+    assert sha[0] == sha[1] != sha[2]

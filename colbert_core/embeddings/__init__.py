@@ -4,6 +4,8 @@
 * :mod:`.manifest` - :class:`Manifest`, the one owner of ``manifest.json``;
 * :mod:`.shards` - the Parquet shard format;
 * :mod:`.reader` - :class:`Embeddings`, verified reading of a complete output;
+* :mod:`.view` - :class:`EmbeddingsView`, several outputs read as one, cut at a document
+  count (a corpus grown by prefixes);
 * :mod:`.encode` - the encode engine (shared by the in-process runner and the Ray job).
 """
 
@@ -20,15 +22,18 @@ from .encode import (
     run_encode,
 )
 from .manifest import MANIFEST, REJECTS, SHARD_DIR, Manifest, ManifestError, ShardInfo, shard_name
-from .reader import Embeddings
+from .reader import Embeddings, EmbeddingSource
 from .shards import ShardData, ShardError, build_shard, read_shard, write_shard
+from .view import EmbeddingsView, ViewPart
 
 __all__ = [
     "DEFAULT_SHARD_SIZE",
     "MANIFEST",
     "REJECTS",
     "SHARD_DIR",
+    "EmbeddingSource",
     "Embeddings",
+    "EmbeddingsView",
     "EncodeConfig",
     "EncodeSummary",
     "Manifest",
@@ -38,6 +43,7 @@ __all__ = [
     "ShardError",
     "ShardInfo",
     "ShardTask",
+    "ViewPart",
     "build_shard",
     "corpus_shards",
     "encode_shard",

@@ -41,6 +41,11 @@ class EncodeConfig:
         ``error`` (stop at the first bad record) or ``skip`` (into ``rejects.jsonl``).
     dtype
         Encoder precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+    max_docs
+        Encode only the first ``max_docs`` documents (bad records skipped under ``skip``
+        take no position). Not output-defining: the shards are a prefix of the whole
+        corpus's shards, so a later run with a larger limit keeps them and encodes only
+        the rest (a last shard cut short by the limit is re-encoded whole).
     """
 
     corpus: str
@@ -51,9 +56,10 @@ class EncodeConfig:
     doc_maxlen: int | None = None
     on_bad_record: str = "error"
     dtype: str = "auto"
+    max_docs: int | None = None
 
     def __post_init__(self) -> None:
-        check_positive(self, "shard_size", "batch_size", "doc_maxlen")
+        check_positive(self, "shard_size", "batch_size", "doc_maxlen", "max_docs")
         check_choice(self, "on_bad_record", [m.value for m in OnBadRecord])
         check_choice(self, "dtype", DTYPES)
 
@@ -65,6 +71,7 @@ class EncodeConfig:
         # Shards finished before an `error` stop hold the same documents at the same
         # positions under `skip`, so switching policy may resume.
         d.pop("on_bad_record")
+        d.pop("max_docs")  # how far, not what: see the class docstring
         return d
 
     def recorded(self) -> dict[str, Any]:
@@ -72,4 +79,5 @@ class EncodeConfig:
         return self.output_defining() | {
             "batch_size": self.batch_size,
             "on_bad_record": self.on_bad_record,
+            "max_docs": self.max_docs,
         }

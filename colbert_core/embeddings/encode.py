@@ -287,7 +287,11 @@ def corpus_shards(
 
 def open_job_corpus(config: EncodeConfig) -> tuple[Iterable[Document], RejectLog]:
     rejects = RejectLog()
-    corpus = open_corpus(config.corpus, on_bad_record=config.on_bad_record, rejects=rejects)
+    corpus: Iterable[Document] = open_corpus(
+        config.corpus, on_bad_record=config.on_bad_record, rejects=rejects
+    )
+    if config.max_docs is not None:
+        corpus = itertools.islice(corpus, config.max_docs)
     return corpus, rejects
 
 

@@ -110,8 +110,20 @@ class Manifest:
         }
 
     def is_complete_for(self, config: EncodeConfig) -> bool:
-        """Whether this output is complete and was made with ``config``'s settings."""
-        return self.complete and not self.config_differences(config)
+        """Whether this output is complete, was made with ``config``'s settings and holds
+        at least the documents ``config`` asks for (:meth:`covers`)."""
+        return self.complete and not self.config_differences(config) and self.covers(config)
+
+    def covers(self, config: EncodeConfig) -> bool:
+        """Whether the documents recorded include every one ``config.max_docs`` asks for.
+
+        An output encoded without a limit, or whose corpus ended before its limit, holds
+        the whole corpus; otherwise it holds its first ``max_docs`` documents.
+        """
+        recorded = self.config.get("max_docs")
+        if recorded is None or self.n_docs < recorded:
+            return True  # the whole corpus
+        return config.max_docs is not None and self.n_docs >= config.max_docs
 
     # -- serialisation ---------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from ..encoder import EncoderRecord
 from ..storage import LocalStorage, open_storage, sha256_bytes, sha256_file
@@ -19,6 +20,37 @@ from .manifest import MANIFEST, Manifest, ManifestError, ShardInfo
 from .shards import ShardData, ShardError, read_shard
 
 logger = logging.getLogger(__name__)
+
+
+class EmbeddingSource(Protocol):
+    """What index building and exact search read: shards of token vectors in corpus order.
+
+    :class:`Embeddings` (one encode output), :class:`~colbert_core.embeddings.view.
+    EmbeddingsView` (several, cut at a document count) and a scaling study's synthetic
+    corpus all provide it.
+    """
+
+    root: str
+    manifest_sha256: str
+
+    @property
+    def shards(self) -> tuple[ShardInfo, ...]: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def n_docs(self) -> int: ...
+
+    @property
+    def n_tokens(self) -> int: ...
+
+    @property
+    def encoder(self) -> EncoderRecord: ...
+
+    def read(self, info: ShardInfo) -> ShardData: ...
+
+    def __iter__(self) -> Iterator[ShardData]: ...
 
 
 class Embeddings:

@@ -22,7 +22,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..embeddings import Embeddings, ShardInfo
+from ..embeddings import Embeddings, EmbeddingSource, ShardInfo
 from ..embeddings.manifest import now_iso
 from ..storage import file_entry, is_s3, open_storage, write_bytes_atomic
 from ..tokenstore import TOKENS, DocMappingWriter, Float16StoreWriter, open_float16
@@ -58,12 +58,14 @@ def peak_rss_mb() -> float:
 
 def create_index(spec: IndexSpec) -> faiss.Index:
     index = faiss.index_factory(spec.dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
-    if spec.type == "ivfpq":
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and hasattr(faiss.downcast_index(ivf), "do_polysemous_training"):
         # index_factory turns on polysemous training for PQ codes: a simulated-annealing
         # reordering of each sub-quantizer's centroids that only matters for Hamming
         # filtering (polysemous_ht), which search never uses. It cost ~2 s per
         # sub-quantizer whatever the sample size and leaves every distance unchanged.
-        faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+        # Any IVF-PQ, including factory strings such as IVF{n}_HNSW32,PQ{m}x8.
+        faiss.downcast_index(ivf).do_polysemous_training = False
     if spec.ef_construction is not None:
         hnsw = _hnsw(index)
         if hnsw is not None:
@@ -78,7 +80,7 @@ def _hnsw(index: faiss.Index) -> Any:
         return None
 
 
-def sample_training_vectors(store: Embeddings, n: int, seed: int) -> np.ndarray:
+def sample_training_vectors(store: EmbeddingSource, n: int, seed: int) -> np.ndarray:
     """``n`` token vectors drawn uniformly without replacement over all shards (seeded).
 
     Reads each shard at most once and keeps only the picked rows: memory is the sample plus
@@ -196,7 +198,7 @@ def shard_groups(infos: list[ShardInfo], n_groups: int) -> list[list[ShardInfo]]
 
 
 def build_index(
-    embeddings: str,
+    embeddings: str | EmbeddingSource,
     out: str,
     spec: IndexSpec,
     *,
@@ -208,12 +210,15 @@ def build_index(
 ) -> IndexMeta:
     """Build the index for ``embeddings`` into ``out`` (a folder or ``s3://``).
 
+    ``embeddings`` is an encode output's location, or an opened one (an
+    :class:`EmbeddingsView`: a corpus grown by prefixes, as a scaling study builds).
+
     ``progress(stage, n)`` is called with ``("train", 0)``, ``("add", tokens)`` and, for
     a residual token store, ``("compress", 0)``; ``build`` (the options the user asked
     for) is recorded in ``meta.json``; ``token_store`` defaults to float16.
     """
     token_store = token_store or StoreSpec()
-    store = Embeddings(embeddings)
+    store = Embeddings(embeddings) if isinstance(embeddings, str) else embeddings
     if store.dim != spec.dim:
         raise IndexSpecError(f"index dim {spec.dim} differs from the embeddings' dim {store.dim}")
     if is_s3(out):
@@ -233,7 +238,7 @@ def build_index(
     )
 
 
-def _train(store: Embeddings, spec: IndexSpec, index: faiss.Index, progress: Any) -> bool:
+def _train(store: EmbeddingSource, spec: IndexSpec, index: faiss.Index, progress: Any) -> bool:
     """Train ``index`` on a seeded sample when it needs training; returns whether on GPU."""
     if index.is_trained:
         return False
@@ -245,7 +250,7 @@ def _train(store: Embeddings, spec: IndexSpec, index: faiss.Index, progress: Any
 
 
 def _fill(
-    store: Embeddings,
+    store: EmbeddingSource,
     out: Path,
     index: faiss.Index,
     parallel_add: ParallelAdd | None,
@@ -296,7 +301,7 @@ def _fill(
 def _compress(
     out: Path,
     index: faiss.Index,
-    store: Embeddings,
+    store: EmbeddingSource,
     token_store: StoreSpec,
     seed: int,
     files: dict[str, FileEntry],
@@ -322,7 +327,7 @@ def _compress(
 
 
 def _build_local(
-    store: Embeddings,
+    store: EmbeddingSource,
     out: Path,
     spec: IndexSpec,
     parallel_add: ParallelAdd | None,

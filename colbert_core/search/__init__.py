@@ -10,7 +10,7 @@
 """
 
 from .ann import QueryResult, SearchParams, default_params, search
-from .exact import SearchResult, exact_search
+from .exact import SearchResult, exact_search, exact_search_prefixes
 from .maxsim import CandidateScorer
 from .queries import (
     EncodedQueries,
@@ -35,6 +35,7 @@ __all__ = [
     "empty_queries",
     "encode_queries",
     "exact_search",
+    "exact_search_prefixes",
     "load_query_encoder",
     "ranked_list",
     "report_queries",

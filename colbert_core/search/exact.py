@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..embeddings import Embeddings
+from ..embeddings import EmbeddingSource, ShardData
 from ..errors import ConfigError
 from .maxsim import consecutive_groups, maxsim_flat
 
@@ -61,7 +61,7 @@ def topk_merge(
 
 
 def exact_search(
-    store: Embeddings,
+    store: EmbeddingSource,
     queries: Sequence[np.ndarray],
     *,
     k: int = 100,
@@ -84,8 +84,38 @@ def exact_search(
     progress
         Called with the number of documents scored after each block.
     """
+    return exact_search_prefixes(
+        store,
+        queries,
+        [store.n_docs],
+        k=k,
+        memory_budget_bytes=memory_budget_bytes,
+        progress=progress,
+    )[0]
+
+
+def exact_search_prefixes(
+    store: EmbeddingSource,
+    queries: Sequence[np.ndarray],
+    stops: Sequence[int],
+    *,
+    k: int = 100,
+    memory_budget_bytes: int = 512 << 20,
+    progress: Callable[[int], None] | None = None,
+) -> list[SearchResult]:
+    """:func:`exact_search` over the first ``stops[i]`` documents, for every ``i``, in one pass.
+
+    A corpus grown by prefixes (a scaling study) needs the exact top ``k`` at each size;
+    the top ``k`` of a prefix is the running merge up to its last document, so one pass
+    over the largest corpus gives them all (each document is scored once).
+
+    Returns one :class:`SearchResult` per stop, in the order given; its ``doc_ids`` are the
+    prefix's.
+    """
     if k <= 0:
         raise ConfigError(f"k must be positive, got {k}")
+    if any(s <= 0 or s > store.n_docs for s in stops):
+        raise ConfigError(f"every stop must be in [1, {store.n_docs}] documents, got {stops}")
     n_q = len(queries)
     for i, q in enumerate(queries):
         if q.ndim != 2 or q.shape[1] != store.dim:
@@ -101,34 +131,61 @@ def exact_search(
     best_s = np.full((n_q, k), -np.inf, dtype=np.float32)
     best_i = np.full((n_q, k), -1, dtype=np.int64)
     doc_ids: list[str] = []
-    for shard in store:
-        doc_ids.extend(shard.doc_ids)
-        tokens = torch.from_numpy(shard.tokens)
-        offsets = shard.offsets
-        for g_start, g_end in groups:
-            rows = int(q_lengths[g_start:g_end].sum())
-            t0, t_end = 0, shard.n_docs
-            block_tokens = max(1, memory_budget_bytes // (4 * 2 * max(rows, 1)))
-            g_tokens = q_tokens[int(q_lengths[:g_start].sum()) : int(q_lengths[:g_end].sum())]
-            g_scores: list[np.ndarray] = []
-            while t0 < t_end:
-                # Largest run of whole documents whose tokens fit the block budget.
-                t1 = int(np.searchsorted(offsets, offsets[t0] + block_tokens, side="right")) - 1
-                t1 = min(max(t1, t0 + 1), t_end)
-                lo, hi = int(offsets[t0]), int(offsets[t1])
-                block = maxsim_flat(
-                    g_tokens,
-                    q_lengths[g_start:g_end],
-                    tokens[lo:hi].float(),
-                    torch.from_numpy(offsets[t0 : t1 + 1] - lo),
-                )
-                g_scores.append(block.numpy())
-                t0 = t1
-            shard_scores = np.concatenate(g_scores, axis=1)
-            idx = np.broadcast_to(shard.doc_index, shard_scores.shape)
-            s, i = topk_merge(best_s[g_start:g_end], best_i[g_start:g_end], shard_scores, idx, k)
-            best_s[g_start:g_end] = s
-            best_i[g_start:g_end] = i
+    wanted = sorted(set(stops))
+    snapshots: dict[int, SearchResult] = {}
+    seen = 0
+    for info in store.shards:
+        if seen >= wanted[-1]:
+            break
+        shard = store.read(info)
+        shard_scores = np.concatenate(
+            [_group_scores(shard, q_tokens, q_lengths, g, memory_budget_bytes) for g in groups]
+        )
+        # Merge the shard in segments cut at the stops that fall inside it.
+        cuts = [s - seen for s in wanted if seen < s < seen + shard.n_docs]
+        lo = 0
+        for hi in [*cuts, shard.n_docs]:
+            idx = np.broadcast_to(shard.doc_index[lo:hi], (n_q, hi - lo))
+            best_s, best_i = topk_merge(best_s, best_i, shard_scores[:, lo:hi], idx, k)
+            doc_ids.extend(shard.doc_ids[lo:hi])
+            if seen + hi in wanted:
+                snapshots[seen + hi] = SearchResult(best_i.copy(), best_s.copy(), list(doc_ids))
+            lo = hi
+        seen += shard.n_docs
         if progress is not None:
             progress(shard.n_docs)
-    return SearchResult(doc_index=best_i, scores=best_s, doc_ids=doc_ids)
+    return [snapshots[s] for s in stops]
+
+
+def _group_scores(
+    shard: ShardData,
+    q_tokens: torch.Tensor,
+    q_lengths: torch.Tensor,
+    group: tuple[int, int],
+    memory_budget_bytes: int,
+) -> np.ndarray:
+    """``(queries in group, shard docs)`` exact MaxSim, in blocks within the budget."""
+    g_start, g_end = group
+    tokens = torch.from_numpy(shard.tokens)
+    offsets = shard.offsets
+    rows = int(q_lengths[g_start:g_end].sum())
+    block_tokens = max(1, memory_budget_bytes // (4 * 2 * max(rows, 1)))
+    g_tokens = q_tokens[int(q_lengths[:g_start].sum()) : int(q_lengths[:g_end].sum())]
+    g_scores: list[np.ndarray] = []
+    t0, t_end = 0, shard.n_docs
+    while t0 < t_end:
+        # Largest run of whole documents whose tokens fit the block budget.
+        t1 = int(np.searchsorted(offsets, offsets[t0] + block_tokens, side="right")) - 1
+        t1 = min(max(t1, t0 + 1), t_end)
+        lo, hi = int(offsets[t0]), int(offsets[t1])
+        block = maxsim_flat(
+            g_tokens,
+            q_lengths[g_start:g_end],
+            tokens[lo:hi].float(),
+            torch.from_numpy(offsets[t0 : t1 + 1] - lo),
+        )
+        g_scores.append(block.numpy())
+        t0 = t1
+    if not g_scores:
+        return np.zeros((g_end - g_start, 0), dtype=np.float32)
+    return np.concatenate(g_scores, axis=1)

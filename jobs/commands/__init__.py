@@ -4,7 +4,7 @@ work; returns a result) and ``report(config, result)`` (console output; it may r
 
 from types import ModuleType
 
-from . import bm25, encode, evaluate, index, nightly, pipeline, rerank, search
+from . import bm25, encode, evaluate, index, nightly, pipeline, rerank, search, study
 
 #: Sub-command name -> module, in the order ``--help`` lists them.
 COMMANDS: dict[str, ModuleType] = {
@@ -16,6 +16,7 @@ COMMANDS: dict[str, ModuleType] = {
     "pipeline": pipeline,
     "evaluate": evaluate,
     "nightly": nightly,
+    "study": study,
 }
 
 __all__ = ["COMMANDS"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -72,6 +73,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "is ~2.5x faster)",
     )
     p.add_argument("--doc-maxlen", type=int, help="override the checkpoint's document length")
+    p.add_argument(
+        "--max-docs",
+        type=int,
+        help="encode only the first N documents (default: all); a later run with a larger N "
+        "keeps the shards already written",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -146,6 +153,8 @@ def run(config: Config) -> Manifest:
         placement.torch_threads or "default",
     )
     total = open_corpus(job.corpus).estimate_count()
+    if total is not None and job.max_docs is not None:
+        total = min(total, job.max_docs)
     with progress_bar(total, "encode") as bar:
         driver.bar = bar
         stats, pool = run_pool(
@@ -245,6 +254,26 @@ def _node_summary(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
         for key in ("shards", "docs", "tokens"):
             node[key] += s[key]
     return nodes
+
+
+def ensure_encoded(job: Config, *, force: bool = False) -> Manifest | None:
+    """Run ``job`` unless its output is already complete for it; the manifest, or ``None``
+    when nothing had to be encoded.
+
+    For callers that own the output folder (``pipeline``, ``study``): new output-defining
+    settings replace the old embeddings; an unchanged, unfinished output is resumed, and
+    one that holds fewer documents than ``max_docs`` asks for is extended.
+    """
+    manifest = Manifest.find(job.encode.out)
+    if not force and manifest is not None and manifest.is_complete_for(job.encode):
+        logger.info("encode: %s is complete, skipping", job.encode.out)
+        return None
+    changed = manifest.config_differences(job.encode) if manifest is not None else {}
+    if changed:
+        logger.info("encode: settings changed %s (old, new): re-encoding", changed)
+        job = dataclasses.replace(job, overwrite=True)
+    logger.info("encode -> %s", job.encode.out)
+    return run(job)
 
 
 def report(config: Config, manifest: Manifest) -> None:

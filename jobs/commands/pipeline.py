@@ -23,7 +23,6 @@ Example (every key but ``dataset``, or ``corpus`` + ``queries``, is optional)::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -168,18 +167,9 @@ def run(config: Config) -> Stages:
 
 
 def _encode_stage(job: encode.Config, force: bool) -> None:
-    manifest = Manifest.find(job.encode.out)
-    if not force and manifest is not None and manifest.is_complete_for(job.encode):
-        logger.info("stage encode: %s is complete, skipping", job.encode.out)
-        return
-    changed = manifest.config_differences(job.encode) if manifest is not None else {}
-    if changed:
-        # The pipeline owns its output folder: new settings replace the old embeddings
-        # (an unchanged, unfinished output is resumed instead).
-        logger.info("stage encode: settings changed %s (old, new): re-encoding", changed)
-        job = dataclasses.replace(job, overwrite=True)
-    logger.info("stage encode -> %s", job.encode.out)
-    encode.report(job, encode.run(job))
+    manifest = encode.ensure_encoded(job, force=force)
+    if manifest is not None:
+        encode.report(job, manifest)
 
 
 def _index_stage(job: index.Config, force: bool) -> None:
