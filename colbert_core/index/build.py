@@ -58,14 +58,12 @@ def peak_rss_mb() -> float:
 
 def create_index(spec: IndexSpec) -> faiss.Index:
     index = faiss.index_factory(spec.dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None and hasattr(faiss.downcast_index(ivf), "do_polysemous_training"):
+    if spec.type == "ivfpq":
         # index_factory turns on polysemous training for PQ codes: a simulated-annealing
         # reordering of each sub-quantizer's centroids that only matters for Hamming
         # filtering (polysemous_ht), which search never uses. It cost ~2 s per
         # sub-quantizer whatever the sample size and leaves every distance unchanged.
-        # Any IVF-PQ, including factory strings such as IVF{n}_HNSW32,PQ{m}x8.
-        faiss.downcast_index(ivf).do_polysemous_training = False
+        faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
     if spec.ef_construction is not None:
         hnsw = _hnsw(index)
         if hnsw is not None:

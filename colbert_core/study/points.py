@@ -194,11 +194,14 @@ def run_point(
     out = Path(point.index_dir)
     build = point.index.to_dict()
     if index_exists(out) and read_index_meta(out).is_complete_for(build, source.manifest_sha256):
+        # Left by a killed run: its recorded stage times stand for the build.
         logger.info("reusing the index in %s", out)
+        meta = read_index_meta(out)
+        build_s = meta.train_s + meta.add_s + float(meta.store.get("encode_s", 0.0))
     else:
         say("build")
         build_index(source, str(out), point.spec, build=build, token_store=point.index.store_spec)
-    build_s = time.perf_counter() - t0
+        build_s = time.perf_counter() - t0
     loaded = load_index(out)
     scorer = CandidateScorer()
     rows = []

@@ -266,13 +266,13 @@ def ensure_encoded(job: Config, *, force: bool = False) -> Manifest | None:
     """
     manifest = Manifest.find(job.encode.out)
     if not force and manifest is not None and manifest.is_complete_for(job.encode):
-        logger.info("encode: %s is complete, skipping", job.encode.out)
+        logger.info("stage encode: %s is complete, skipping", job.encode.out)
         return None
     changed = manifest.config_differences(job.encode) if manifest is not None else {}
     if changed:
-        logger.info("encode: settings changed %s (old, new): re-encoding", changed)
+        logger.info("stage encode: settings changed %s (old, new): re-encoding", changed)
         job = dataclasses.replace(job, overwrite=True)
-    logger.info("encode -> %s", job.encode.out)
+    logger.info("stage encode -> %s", job.encode.out)
     return run(job)
 
 

@@ -111,7 +111,9 @@ def run(config: Config) -> StudyOutcome:
         bar.set_postfix_str("encode")
         target_docs = _encode(study, layout, cluster, outcome)
         queries = _queries(study, layout)
+        bar.set_postfix_str("sizes")
         sizes = _sizes(study, layout, target_docs, outcome)
+        bar.set_postfix_str("exact references")
         refs = _references(study, layout, sizes, queries, StudyTasks(res), outcome)
         results = StudyResults.load(layout.out)
         planned = list(
