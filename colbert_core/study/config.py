@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import check_positive, config_from_mapping, read_yaml_mapping
-from ..embeddings import EncodeConfig
+from ..embeddings import DEFAULT_SHARD_SIZE, EncodeConfig
 from ..errors import ConfigError
 from ..index import IndexConfig
 from ..index.spec import default_nlist, default_pq_m
@@ -122,6 +122,11 @@ class StudyConfig:
     max_point_memory_gb: float | None = None
     seed: int = 0
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def shard_size(self) -> int:
+        """Documents per shard of both encode outputs (and of synthetic corpora)."""
+        return int(self.encode.get("shard_size", DEFAULT_SHARD_SIZE))
 
     def encode_config(self, which: str, out: str, max_docs: int | None = None) -> EncodeConfig:
         """The encode job of the target corpus (``which="target"``) or the distractors."""

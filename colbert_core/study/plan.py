@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import config_to_dict
-from ..embeddings import EncodeConfig, Manifest
 from ..storage import write_json_atomic
 from .config import IndexEntry, StudyConfig
 from .points import PointSpec, gib, not_run_row, predict_memory_bytes
@@ -75,16 +74,8 @@ def distractors_needed(study: StudyConfig, target_docs: int) -> int:
     """Distractors the largest real size needs, rounded up to whole shards: a later study
     with a slightly larger size then re-encodes at most one shard."""
     need = max(0, max(study.sizes) - target_docs)
-    shard = int(
-        study.encode.get("shard_size", EncodeConfig.__dataclass_fields__["shard_size"].default)
-    )
+    shard = study.shard_size
     return math.ceil(need / shard) * shard if need else 0
-
-
-def needs_encoding(config: EncodeConfig) -> bool:
-    """Whether ``config.out`` lacks a complete output covering ``config``."""
-    manifest = Manifest.find(config.out)
-    return manifest is None or not manifest.is_complete_for(config)
 
 
 @dataclass(frozen=True)

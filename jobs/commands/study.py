@@ -194,9 +194,8 @@ def _sizes(
         logger.info("drawing the synthetic template from size %d", largest.source.size_docs)
         template = make_template(largest.source.open(), study.seed)
         save_template(layout.out, template)
-    shard = int(study.encode.get("shard_size", 1000))
     synthetic = [
-        SizeInfo.of(SourceSpec(s, "", None, 0, template, shard, study.seed))
+        SizeInfo.of(SourceSpec(s, "", None, 0, template, study.shard_size, study.seed))
         for s in study.synthetic_sizes
     ]
     outcome.phases["template_s"] = time.perf_counter() - t0
