@@ -326,6 +326,42 @@ def test_latency_regression_is_flagged(
     assert "latency ratio" in capsys.readouterr().out
 
 
+def test_calibration_is_sampled_through_the_search(
+    built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The calibration is sampled between chunks of queries, not once before the search, so
+    load that starts or stops mid-search moves both sides of the latency ratio; chunking
+    changes no ranking."""
+    import colbert_core.nightly.runner as runner
+
+    whole = write_suite(tmp_path / "whole.yaml", built, tmp_path / "whole", GOOD)
+    assert main(["nightly", str(whole)]) == 0
+    real, calls = runner.calibration_ms, []
+    monkeypatch.setattr(runner, "calibration_ms", lambda: calls.append(1) or real())
+    monkeypatch.setattr(runner, "CALIBRATION_EVERY", 8)
+    chunked = write_suite(tmp_path / "chunked.yaml", built, tmp_path / "chunked", GOOD)
+    assert main(["nightly", str(chunked)]) == 0
+    # 30 queries: the index check samples before and after each of 4 chunks (5), the
+    # exact check (one batched call) before and after it (2).
+    assert len(calls) == 5 + 2
+    for name in ("ivfpq", "exact"):
+        runs = [
+            (sorted((tmp_path / out / "runs").iterdir())[-1] / "checks" / name / "run.trec")
+            for out in ("whole", "chunked")
+        ]
+        whole_run, chunked_run = (_trec_rows(run) for run in runs)
+        # Queries encoded in smaller batches pad differently: scores agree to float noise.
+        assert [r[:3] for r in whole_run] == [r[:3] for r in chunked_run]
+        np.testing.assert_allclose(
+            [r[3] for r in whole_run], [r[3] for r in chunked_run], rtol=1e-5
+        )
+
+
+def _trec_rows(path: Path) -> list[tuple[str, str, int, float]]:
+    rows = [line.split() for line in path.read_text().splitlines()]
+    return [(r[0], r[2], int(r[3]), float(r[4])) for r in rows]
+
+
 def test_rerank_checks_score_as_the_rerank_command(built: dict[str, Path], tmp_path: Path) -> None:
     """BM25 -> index rerank and run file -> embeddings rerank, inside a suite, give the same
     measures as `bm25` then `rerank` on the command line."""
