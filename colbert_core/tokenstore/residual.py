@@ -437,7 +437,28 @@ def _map(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def iter_chunks(tokens: np.ndarray, size: int = ENCODE_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
-    """``(start, rows)`` chunks of a token matrix, as float32."""
+    """``(start, rows)`` chunks of a token matrix, as float32.
+
+    A memory-mapped file is mapped again per chunk and unmapped once the chunk is copied:
+    pages read through one long-lived mapping stay in the process's RSS, so compressing
+    a 12.6 GB float16 store (303K documents at d=384) peaked at 13.6 GB; per-chunk
+    mappings keep one chunk resident.
+    """
+    if isinstance(tokens, np.memmap) and tokens.filename is not None and tokens.ndim == 2:
+        row_bytes = tokens.shape[1] * tokens.dtype.itemsize
+        for lo in range(0, len(tokens), size):
+            rows = min(size, len(tokens) - lo)
+            part = np.memmap(
+                tokens.filename,
+                dtype=tokens.dtype,
+                mode="r",
+                offset=tokens.offset + lo * row_bytes,
+                shape=(rows, tokens.shape[1]),
+            )
+            chunk = np.array(part, dtype=np.float32)  # a copy: the mapping can go
+            del part
+            yield lo, chunk
+        return
     for lo in range(0, len(tokens), size):
         yield lo, np.asarray(tokens[lo : lo + size], dtype=np.float32)
 
