@@ -459,3 +459,28 @@ def test_write_bytes_atomic_failure_cleans_up(tmp_path: Path) -> None:
         write_bytes_atomic(target, b"data")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
     assert [p.name for p in target.iterdir()] == ["child"]
+
+
+def test_a_corpus_path_spelled_differently_is_the_same_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest recorded with a relative corpus path is complete for the same file
+    spelled absolute (a study run with an absolute path re-encoded, and so discarded, 30
+    minutes of complete embeddings); another file, or another named dataset, differs."""
+    from colbert_core.embeddings import EncodeConfig
+
+    (tmp_path / "data").mkdir()
+    for name in ("corpus.jsonl", "other.jsonl"):
+        (tmp_path / "data" / name).write_text("{}\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    recorded = EncodeConfig(corpus="data/corpus.jsonl", out="emb")
+    manifest = Manifest.for_shards(
+        [], dim=4, fingerprint="f", model_path="none", config=recorded.recorded()
+    )
+    same = EncodeConfig(corpus=str(tmp_path / "data" / ".." / "data" / "corpus.jsonl"), out="x")
+    assert manifest.config_differences(same) == {}
+    assert manifest.is_complete_for(same)
+    other = EncodeConfig(corpus=str(tmp_path / "data" / "other.jsonl"), out="emb")
+    assert set(manifest.config_differences(other)) == {"corpus"}
+    named = EncodeConfig(corpus="beir:scifact", out="emb")
+    assert set(manifest.config_differences(named)) == {"corpus"}

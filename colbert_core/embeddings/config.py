@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,3 +82,23 @@ class EncodeConfig:
             "on_bad_record": self.on_bad_record,
             "max_docs": self.max_docs,
         }
+
+
+def same_setting(key: str, recorded: Any, wanted: Any) -> bool:
+    """Whether a recorded output-defining setting equals the wanted one.
+
+    A corpus is the same when both specs name one local file or folder, however spelled:
+    a study run once with ``../shared/x`` and once with ``/work/shared/x`` re-encoded (and
+    so discarded) 30 minutes of complete embeddings over the spelling alone.
+
+    >>> same_setting("corpus", ".", os.getcwd()), same_setting("corpus", "beir:a", "beir:b")
+    (True, False)
+    """
+    if recorded == wanted:
+        return True
+    if key != "corpus" or not isinstance(recorded, str) or not isinstance(wanted, str):
+        return False
+    try:  # a spec that is no local path (beir:, irds:, s3://) raises here
+        return os.path.samefile(recorded, wanted)
+    except (OSError, ValueError):
+        return False

@@ -17,7 +17,7 @@ from typing import Any
 from ..encoder import EncoderRecord, EncoderSettings
 from ..errors import ColbertBatchError
 from ..storage import Storage, open_storage, sha256_bytes
-from .config import EncodeConfig
+from .config import EncodeConfig, same_setting
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -106,7 +106,7 @@ class Manifest:
         return {
             k: (self.config.get(k), v)
             for k, v in config.output_defining().items()
-            if self.config.get(k) != v
+            if not same_setting(k, self.config.get(k), v)
         }
 
     def is_complete_for(self, config: EncodeConfig) -> bool:
