@@ -7,6 +7,7 @@ from ../shared/datasets/distractors-en, the packaged MiniLM, the Ray test cluste
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -266,9 +267,11 @@ def test_synthetic_sizes_measure_build_and_latency_without_quality(
     datasets_dir: Path,
     ray_address: str,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from colbert_core.study.sizes import load_template, template_path
 
+    caplog.set_level(logging.INFO, logger="jobs.commands.study")
     _, done, _ = tiny_study
     out = tmp_path / "out"
     copy_study(done, out)
@@ -297,6 +300,12 @@ def test_synthetic_sizes_measure_build_and_latency_without_quality(
     # The template is stored once, tied to the real corpus it was drawn from.
     assert template_path(out).exists()
     assert load_template(out, "another corpus") is None
+    # The point tasks report their stages to the driver while it waits (a 1M-document
+    # point builds for hours): one log line per stage, in order.
+    stages = [
+        m.split(": ", 1)[1] for m in caplog.messages if m.startswith("synthetic 1500 ivfpq: ")
+    ]
+    assert stages[:2] == ["train", "add"] and stages[2].startswith("search"), stages
 
 
 def test_synthetic_shards_are_deterministic_unit_vectors() -> None:

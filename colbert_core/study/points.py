@@ -186,10 +186,14 @@ def run_point(
     point: PointSpec,
     queries: QueryBundle,
     reference: Reference | None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str, int], None] | None = None,
 ) -> list[ResultRow]:
-    """Build (or reuse) the point's index, measure every setting; one row per setting."""
-    say = progress or (lambda _stage: None)
+    """Build (or reuse) the point's index, measure every setting; one row per setting.
+
+    ``progress(stage, n)`` hears the build's stages (``build_index``'s ``train``, ``add``
+    with the tokens added, ``compress``) and ``("search <setting>", 0)`` per setting.
+    """
+    say = progress or (lambda _stage, _n: None)
     t0 = time.perf_counter()
     out = Path(point.index_dir)
     build = point.index.to_dict()
@@ -199,14 +203,20 @@ def run_point(
         meta = read_index_meta(out)
         build_s = meta.train_s + meta.add_s + float(meta.store.get("encode_s", 0.0))
     else:
-        say("build")
-        build_index(source, str(out), point.spec, build=build, token_store=point.index.store_spec)
+        build_index(
+            source,
+            str(out),
+            point.spec,
+            progress=say,
+            build=build,
+            token_store=point.index.store_spec,
+        )
         build_s = time.perf_counter() - t0
     loaded = load_index(out)
     scorer = CandidateScorer()
     rows = []
     for setting in point.entry.settings:
-        say(f"search {setting_label(point.setting_params(setting))}")
+        say(f"search {setting_label(point.setting_params(setting))}", 0)
         params = default_params(loaded.meta, point.setting_params(setting))
         measured = _measure(loaded, params, queries, point.latency_queries, scorer)
         quality = _quality(loaded, measured.pop("results"), queries, reference)

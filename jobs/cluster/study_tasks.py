@@ -6,12 +6,17 @@ the memory its prediction says it needs (``memory=``), so Ray places it only whe
 fits; the planner never submits one no node could hold. Points run one at a time, with
 every CPU the largest node offers less the headroom: timings are not shared with a
 neighbour.
+
+A point can take hours (a 1M-document build here: ~40 min of training, ~90 of adding), so it
+reports its stages and the tokens it has added: the task leaves them, batched, in a small
+:class:`ProgressBox` actor that the driver empties while it waits (bars and log lines).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,12 +35,48 @@ def _threads(num_cpus: float) -> int:
     return max(1, math.ceil(num_cpus))
 
 
+class ProgressBox:
+    """Progress events ``(stage, n)`` a point task leaves for the driver (a Ray actor)."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[str, int]] = []
+
+    def put(self, events: list[tuple[str, int]]) -> None:
+        self._events.extend(events)
+
+    def take(self) -> list[tuple[str, int]]:
+        events, self._events = self._events, []
+        return events
+
+
+class _Forward:
+    """``progress(stage, n)`` for a task: events go to the box in batches, at most one call
+    a second, except that a new stage (``n == 0``) goes at once."""
+
+    def __init__(self, box: Any):
+        self.box = box
+        self.pending: list[tuple[str, int]] = []
+        self.last = 0.0
+
+    def __call__(self, stage: str, n: int) -> None:
+        self.pending.append((stage, n))
+        if n == 0 or time.monotonic() - self.last >= 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.box.put.remote(self.pending)
+            self.pending = []
+            self.last = time.monotonic()
+
+
 def point_task(
     source: SourceSpec,
     planned: PlannedPoint,
     queries: QueryBundle,
     reference: Reference | None,
     threads: int,
+    box: Any = None,
 ) -> list[ResultRow]:
     """Build the point's index and measure its settings (in a fresh worker process)."""
     import faiss
@@ -43,7 +84,12 @@ def point_task(
     start_worker_process(threads)
     faiss.omp_set_num_threads(threads)
     park_point("study-point-task")
-    return run_point(source.open(), planned.point, queries, reference)
+    forward = _Forward(box) if box is not None else None
+    try:
+        return run_point(source.open(), planned.point, queries, reference, forward)
+    finally:
+        if forward is not None:
+            forward.flush()
 
 
 def references_task(
@@ -71,8 +117,13 @@ class StudyTasks:
         self.threads = _threads(self.num_cpus)
 
     def point(
-        self, planned: PlannedPoint, queries_ref: Any, reference: Reference | None
+        self,
+        planned: PlannedPoint,
+        queries_ref: Any,
+        reference: Reference | None,
+        progress: Callable[[str, int], None] | None = None,
     ) -> list[ResultRow]:
+        """Run one point; ``progress(stage, n)`` hears its stages while the driver waits."""
         import ray
 
         task = ray.remote(
@@ -81,7 +132,19 @@ class StudyTasks:
             max_calls=1,
             max_retries=0,
         )(point_task)
-        return ray.get(task.remote(planned.source, planned, queries_ref, reference, self.threads))
+        box = ray.remote(num_cpus=0)(ProgressBox).remote() if progress else None
+        ref = task.remote(planned.source, planned, queries_ref, reference, self.threads, box)
+        if box is None or progress is None:
+            return ray.get(ref)
+        try:
+            done: list[Any] = []
+            while not done:
+                done, _ = ray.wait([ref], timeout=1.0)
+                for stage, n in ray.get(box.take.remote()):
+                    progress(stage, n)
+            return ray.get(ref)
+        finally:
+            ray.kill(box)
 
     def references(
         self,

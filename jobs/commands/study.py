@@ -282,7 +282,8 @@ def _run_one(
 ) -> list[ResultRow]:
     name = describe(p)
     try:
-        rows = tasks.point(p, queries_ref, reference)
+        with progress_bar(p.point.n_tokens, "build", unit="tok") as bar:
+            rows = tasks.point(p, queries_ref, reference, _PointProgress(name, bar))
     except Exception as exc:
         if not is_user_error(exc) and not _worker_died(exc):
             raise  # a bug: traceback
@@ -293,6 +294,21 @@ def _run_one(
         return failed_rows(p, reason)
     outcome.ran.append(name)
     return rows
+
+
+class _PointProgress:
+    """A point's stages as a bar under the study's (tokens added) and one log line each:
+    without a terminal (CI, ``ray job submit``) the log is the progress."""
+
+    def __init__(self, name: str, bar: Any):
+        self.name, self.bar, self.stage = name, bar, ""
+
+    def __call__(self, stage: str, n: int) -> None:
+        if stage != self.stage:
+            self.stage = stage
+            logger.info("%s: %s", self.name, stage)
+            self.bar.set_description(stage.split(" ")[0])
+        self.bar.update(n)
 
 
 def _worker_died(exc: BaseException) -> bool:
