@@ -26,8 +26,9 @@ from colbert_core.study.points import BASE_BYTES, QueryBundle, run_point
 from colbert_core.study.results import ResultRow
 from colbert_core.study.sizes import Reference, SourceSpec, compute_references
 
+from .encode_actors import poll_progress
 from .hooks import park_point
-from .runtime import ClusterResources, cpu_share
+from .runtime import ClusterResources, cpu_share, driver_node_affinity
 from .worker import start_worker_process
 
 
@@ -44,8 +45,9 @@ class ProgressBox:
     def put(self, events: list[tuple[str, int]]) -> None:
         self._events.extend(events)
 
-    def take(self) -> list[tuple[str, int]]:
-        events, self._events = self._events, []
+    def get(self) -> tuple[tuple[str, int], ...]:
+        """The events since the last call (``encode_actors.poll_progress`` passes them on)."""
+        events, self._events = tuple(self._events), []
         return events
 
 
@@ -132,19 +134,29 @@ class StudyTasks:
             max_calls=1,
             max_retries=0,
         )(point_task)
-        box = ray.remote(num_cpus=0)(ProgressBox).remote() if progress else None
-        ref = task.remote(planned.source, planned, queries_ref, reference, self.threads, box)
-        if box is None or progress is None:
-            return ray.get(ref)
+        args = (planned.source, planned, queries_ref, reference, self.threads)
+        if progress is None:
+            return ray.get(task.remote(*args))
+        # As the encode job's tracker: on the driver's node, polled with a timeout.
+        box = (
+            ray.remote(num_cpus=0)(ProgressBox)
+            .options(scheduling_strategy=driver_node_affinity())
+            .remote()
+        )
+
+        def replay(*events: tuple[str, int]) -> None:
+            for stage, n in events:
+                progress(stage, n)
+
         try:
+            ref = task.remote(*args, box)
             done: list[Any] = []
             while not done:
                 done, _ = ray.wait([ref], timeout=1.0)
-                for stage, n in ray.get(box.take.remote()):
-                    progress(stage, n)
+                poll_progress(box, replay)
             return ray.get(ref)
         finally:
-            ray.kill(box)
+            ray.kill(box, no_restart=True)
 
     def references(
         self,
