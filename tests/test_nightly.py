@@ -52,9 +52,11 @@ def write_suite(path: Path, built: dict[str, Path], out: Path | str, search: str
         "name: test-suite",
         "model: minilm",
         f"out: {out}",
-        # Latency on a loaded 2-core CI machine is noisy; the latency verdict is tested on
-        # its own (test_latency_regression_is_flagged) with a planted slowdown.
-        "latency_factor: 4",
+        # Latency on a loaded 2-core CI machine is noisy: CI twice saw an unchanged run's
+        # ratio p50 / calibration jump 4.5-5x within seconds. These tests judge quality, so
+        # noise must not decide them; the latency verdict is tested on its own
+        # (test_latency_regression_is_flagged) with a planted 1000x slowdown.
+        "latency_factor: 100",
         *(f"{k}: {v}" for k, v in extra.items()),
         "checks:",
         "  - name: ivfpq",
@@ -313,14 +315,15 @@ def test_identical_runs_are_never_flagged_and_a_real_drop_is() -> None:
 def test_latency_regression_is_flagged(
     built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    """The same search, but a calibration that now reads 10x faster: the ratio p50 /
-    calibration grows 10x over the baseline's and the check regresses on latency."""
+    """The same search, but a calibration that now reads 1000x faster: the ratio p50 /
+    calibration grows 1000x over the baseline's, beyond the suite's factor of 100, and the
+    check regresses on latency."""
     import colbert_core.nightly.runner as runner
 
     suite = write_suite(tmp_path / "suite.yaml", built, tmp_path / "out", GOOD)
     assert main(["nightly", str(suite), "--accept"]) == 0
     real = runner.calibration_ms
-    monkeypatch.setattr(runner, "calibration_ms", lambda: real() / 10)
+    monkeypatch.setattr(runner, "calibration_ms", lambda: real() / 1000)
     capsys.readouterr()
     assert main(["nightly", str(suite)]) == 1
     assert "latency ratio" in capsys.readouterr().out
