@@ -26,19 +26,17 @@ import numpy as np
 
 from colbert_core.embeddings import Manifest
 from colbert_core.study import load_study
-from colbert_core.study.plan import Layout, plan_points
+from colbert_core.study.plan import Layout
 from colbert_core.study.report import write_report
-from colbert_core.study.results import StudyResults
 from colbert_core.study.sizes import (
     SizeInfo,
     SourceSpec,
     load_template,
-    queries_sha256,
     template_path,
 )
 from jobs.cluster import connect_for
-from jobs.cluster.study_tasks import StudyTasks, node_memory_bytes
-from jobs.commands.study import StudyOutcome, _notes, _queries, _run_points
+from jobs.cluster.study_tasks import StudyTasks
+from jobs.commands.study import StudyOutcome, _measure_sizes, _notes, _queries
 from jobs.console import configure_logging, progress_bar, quiet_third_party
 
 
@@ -87,23 +85,10 @@ def main(config: str) -> int:
         SizeInfo.of(SourceSpec(s, "", None, 0, template, study.shard_size, study.seed))
         for s in study.synthetic_sizes
     ]
-    results = StudyResults.load(layout.out)
     dim = Manifest.load(layout.target).dim
     outcome = StudyOutcome(study, layout, [])
     with progress_bar(None, "synthetic", unit="point") as bar:
-        planned = list(
-            plan_points(
-                study,
-                layout,
-                sizes,
-                results,
-                queries_sha256(queries.query_ids, queries.vectors),
-                node_memory_bytes(),
-                dim,
-            )
-        )
-        bar.reset(total=len(planned))
-        _run_points(planned, queries, {}, StudyTasks(res), results, outcome, bar)
+        results = _measure_sizes(study, sizes, queries, {}, dim, StudyTasks(res), outcome, bar)
     outcome.rows = results.rows
     outcome.phases["total_s"] = time.perf_counter() - t0
     notes = earlier_notes(layout.out) + synthetic_notes(outcome)

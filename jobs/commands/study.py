@@ -115,20 +115,8 @@ def run(config: Config) -> StudyOutcome:
         sizes = _sizes(study, layout, target_docs, outcome)
         bar.set_postfix_str("exact references")
         refs = _references(study, layout, sizes, queries, StudyTasks(res), outcome)
-        results = StudyResults.load(layout.out)
-        planned = list(
-            plan_points(
-                study,
-                layout,
-                sizes,
-                results,
-                queries_sha256(queries.query_ids, queries.vectors),
-                node_memory_bytes(),
-                Embeddings(layout.target).dim,
-            )
-        )
-        bar.reset(total=len(planned))
-        _run_points(planned, queries, refs, StudyTasks(res), results, outcome, bar)
+        dim = Embeddings(layout.target).dim
+        results = _measure_sizes(study, sizes, queries, refs, dim, StudyTasks(res), outcome, bar)
     outcome.rows = results.rows
     outcome.phases["total_s"] = time.perf_counter() - t0
     outcome.files = write_report(layout.out, outcome.rows, title=study.name, notes=_notes(outcome))
@@ -240,6 +228,35 @@ def _references(
             refs[ref.size_docs] = ref
     outcome.phases["exact_s"] = time.perf_counter() - t0
     return refs
+
+
+def _measure_sizes(
+    study: StudyConfig,
+    sizes: list[SizeInfo],
+    queries: QueryBundle,
+    refs: dict[int, Reference],
+    dim: int,
+    tasks: StudyTasks,
+    outcome: StudyOutcome,
+    bar: Any,
+) -> StudyResults:
+    """Plan every (size, index config) point of ``sizes`` and run those not yet measured;
+    the study's results, with this run's rows saved as each point ends."""
+    results = StudyResults.load(outcome.layout.out)
+    planned = list(
+        plan_points(
+            study,
+            outcome.layout,
+            sizes,
+            results,
+            queries_sha256(queries.query_ids, queries.vectors),
+            node_memory_bytes(),
+            dim,
+        )
+    )
+    bar.reset(total=len(planned))
+    _run_points(planned, queries, refs, tasks, results, outcome, bar)
+    return results
 
 
 def _run_points(
