@@ -7,7 +7,7 @@ fits; the planner never submits one no node could hold. Points run one at a time
 every CPU the largest node offers less the headroom: timings are not shared with a
 neighbour.
 
-A point can take hours (a 1M-document build here: ~40 min of training, ~90 of adding), so it
+A point can take hours (the 1M-document build here: 34 min of training, 74 of adding), so it
 reports its stages and the tokens it has added: the task leaves them, batched, in a small
 :class:`ProgressBox` actor that the driver empties while it waits (bars and log lines).
 """
