@@ -57,6 +57,12 @@ def main() -> None:
         default=[SearchParams.max_candidates],
         help="comma list: each index is searched once per value",
     )
+    p.add_argument(
+        "--full-scores",
+        type=lambda v: [None if x == "all" else int(x) for x in v.split(",")],
+        default=[SearchParams.full_scores],
+        help="comma list (a number or 'all'): residual indexes are searched once per value",
+    )
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--skip-exact", action="store_true")
     p.add_argument("--fastplaid-index", default=None)
@@ -98,8 +104,11 @@ def main() -> None:
     for folder in [x for x in args.indexes.split(",") if x]:
         loaded = load_index(folder)
         scorer = CandidateScorer()
-        for c in args.max_candidates:
-            sp = default_params(loaded.meta, SearchParams(args.k, args.k_prime, c, args.nprobe))
+        # full_scores only changes how residual stores are searched.
+        fulls = args.full_scores if loaded.store_kind == "residual" else [None]
+        for c, full in [(c, f) for c in args.max_candidates for f in fulls]:
+            base = SearchParams(args.k, args.k_prime, c, args.nprobe, full_scores=full)
+            sp = default_params(loaded.meta, base)
             search(loaded, qv[:8], sp, scorer)  # warm the page cache / allocators
             # Throughput: every query in one call, as fast-plaid is timed below.
             t0 = time.perf_counter()
@@ -120,7 +129,7 @@ def main() -> None:
             record(
                 f"ours {loaded.meta.factory} + {store_label(loaded.meta.store)} store "
                 f"(k'={sp.k_prime}, C={sp.max_candidates}, nprobe={sp.nprobe}, "
-                f"ef={sp.ef_search})",
+                f"ef={sp.ef_search}, full={sp.exact_count or 'all'})",
                 run,
                 secs,
                 qps_one_at_a_time=round(len(qv) / float(np.sum(lat)), 2),

@@ -11,11 +11,11 @@ Examples
 --------
 >>> from colbert_core.search import SearchParams
 >>> config_from_mapping(SearchParams, {"k": 10, "k_prime": 32}, "demo.yaml: search")
-SearchParams(k=10, k_prime=32, max_candidates=256, nprobe=None, ef_search=None)
+SearchParams(k=10, k_prime=32, max_candidates=256, nprobe=None, ef_search=None, full_scores=None)
 >>> config_from_mapping(SearchParams, {"kk": 5}, "demo.yaml: search")
 Traceback (most recent call last):
 ...
-colbert_core.errors.ConfigError: demo.yaml: search: unknown key 'kk'; allowed: ef_search, k, k_prime, max_candidates, nprobe
+colbert_core.errors.ConfigError: demo.yaml: search: unknown key 'kk'; allowed: ef_search, full_scores, k, k_prime, max_candidates, nprobe
 >>> config_from_mapping(SearchParams, {"k": 0}, "demo.yaml: search")
 Traceback (most recent call last):
 ...

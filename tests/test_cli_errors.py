@@ -69,6 +69,7 @@ def test_missing_run_file_is_a_user_error(tmp_path: Path, capsys) -> None:
         (["--memory-budget-mb", "0"], "--memory-budget-mb must be positive, got 0"),
         (["--k", "-5"], "--k must be positive, got -5"),
         (["--k-prime", "0"], "--k-prime must be positive, got 0"),
+        (["--full-scores", "0"], "--full-scores must be positive, got 0"),
         (["--query-batch-size", "0"], "--query-batch-size must be positive, got 0"),
         (["--workers", "0"], "--workers must be positive, got 0"),
         (["--max-retries", "-1"], "--max-retries must not be negative, got -1"),

@@ -79,6 +79,67 @@ def test_scores_equal_numpy_decode_then_maxsim(nbits, dim, lengths, n_q, block, 
             assert s == 0.0  # an empty document scores 0, as in the float16 store
 
 
+def reference_centroid_maxsim(query, centroids, cids, offsets, cand) -> np.ndarray:
+    """PLAID's centroid interaction in float64: each token replaced by its centroid."""
+    out = np.zeros(len(cand))
+    for i, c in enumerate(cand):
+        cents = centroids[cids[offsets[c] : offsets[c + 1]]].astype(np.float64)
+        if len(cents):
+            out[i] = (query.astype(np.float64) @ cents.T).max(axis=1).sum()
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    nbits=st.sampled_from([1, 2, 4]),
+    lengths=st.lists(st.integers(0, 9), min_size=1, max_size=16),
+    full=st.integers(1, 17),
+    seed=st.integers(0, 2**16),
+)
+def test_full_scores_keeps_the_best_by_centroid_maxsim(nbits, lengths, full, seed) -> None:
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    codec, store, _, cids = random_store(rng, nbits, 16, int(offsets[-1]), k=5)
+    query = rng.standard_normal((4, 16)).astype(np.float32)
+    cand = np.sort(rng.choice(len(lengths), size=rng.integers(0, len(lengths) + 1), replace=False))
+    docs, scores = CandidateScorer(block_tokens=7).score_best(query, store, offsets, cand, full)
+    approx = reference_centroid_maxsim(query, codec.centroids, cids, offsets, cand)
+    if len(cand) <= full:
+        assert docs.tolist() == cand.tolist()
+    else:
+        assert len(docs) == full and np.all(np.diff(docs) > 0)
+        # Every kept document's centroid score is at least every dropped one's (up to
+        # float32 rounding of near ties).
+        kept = np.isin(cand, docs)
+        assert approx[kept].min() >= approx[~kept].max() - 1e-4
+    decoded = reference_decode(codec, cids, np.asarray(store.codes))
+    want = [maxsim_reference(query, decoded[offsets[d] : offsets[d + 1]]) for d in docs]
+    np.testing.assert_allclose(scores, np.asarray(want), rtol=1e-5, atol=1e-4)
+
+
+def test_full_scores_drops_the_document_far_from_the_query_centroids() -> None:
+    # Two centroids, +e0 and -e0; a query along +e0. Document 1 sits on -e0 and is the
+    # one dropped with full_scores=2; a float16 store has no centroids and scores all 3.
+    centroids = np.zeros((2, 8), dtype=np.float32)
+    centroids[0, 0], centroids[1, 0] = 1.0, -1.0
+    codec = ResidualCodec(
+        centroids, np.array([0.0], np.float32), np.array([-0.1, 0.1], np.float32), 1
+    )
+    cids = np.array([0, 1, 1, 0, 0])
+    x = centroids[cids]
+    store = ResidualStore(codec, cids.astype(np.uint16), codec.encode(x, cids),
+                          unit_scales(codec.decode(cids, codec.encode(x, cids))))  # fmt: skip
+    offsets, cand = np.array([0, 1, 3, 5]), np.arange(3)
+    query = centroids[:1]
+    docs, _ = CandidateScorer().score_best(query, store, offsets, cand, 2)
+    assert docs.tolist() == [0, 2]
+    docs, _ = CandidateScorer().score_best(query, store, offsets, cand, None)
+    assert docs.tolist() == [0, 1, 2]
+    f16 = x.astype(np.float16)
+    docs, _ = CandidateScorer().score_best(query, f16, offsets, cand, 2)
+    assert docs.tolist() == [0, 1, 2]
+
+
 def test_encode_packs_low_bits_first_and_buckets_by_cutoffs() -> None:
     codec = ResidualCodec(
         np.zeros((1, 4), np.float32),
@@ -187,6 +248,22 @@ def test_search_through_the_store_equals_the_reference(corpus: Corpus, built, na
             ref = maxsim_reference(q, reference_decode(
                 loaded.store.codec, np.asarray(loaded.store.cids)[rows], loaded.store.codes[rows]))  # fmt: skip
             assert score == pytest.approx(ref, abs=1e-4)
+
+
+def test_search_with_full_scores_returns_k_exactly_scored_documents(corpus: Corpus, built) -> None:
+    loaded = load_index(built["ivf-r2"])
+    rng = np.random.default_rng(2)
+    queries = [corpus.tokens[rng.choice(corpus.n_tokens, 8)].astype(np.float32) for _ in range(5)]
+    every = search(loaded, queries, SearchParams(k=10, k_prime=16, max_candidates=40))
+    pruned = search(
+        loaded, queries, SearchParams(k=10, k_prime=16, max_candidates=40, full_scores=4)
+    )
+    for q, a, b in zip(queries, every, pruned, strict=True):
+        # full_scores below k still scores k documents, each with its exact score; the
+        # candidate set (what candidate recall measures) is the same.
+        assert len(b.doc_index) == 10 and b.candidates.tolist() == a.candidates.tolist()
+        exact = CandidateScorer().score(q, loaded.store, loaded.doc_offsets, b.doc_index)
+        np.testing.assert_allclose(b.scores, exact, rtol=1e-6)
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -311,6 +311,19 @@ def test_residual_store_searches_like_float16_through_actors_and_rerank(
     common = searched.keys() & reranked.keys()
     assert len(common) > 5000  # the residual search's documents are in the rerank pool
     assert max(abs(searched[k] - reranked[k]) for k in common) < 1e-4  # the same scores
+    # --full-scores: the actors score exactly only the best 100 of the 256 candidates by
+    # centroid MaxSim; quality holds and every returned score is still the exact one.
+    pruned = _search(
+        None, subset, tmp_path / "pruned", ray_address,
+        "--index", str(residual_pair["residual:2"]), "--workers", "2", "--full-scores", "100",
+    )  # fmt: skip
+    assert pruned["params"]["full_scores"] == 100 and pruned["queries"] == 150
+    assert pruned["candidate_recall"] == res["candidate_recall"]
+    assert abs(pruned["measures"]["nDCG@10"] - f16["measures"]["nDCG@10"]) <= 0.01
+    kept = {(q, d): float(s) for q, _, d, _, s, _ in _lines(tmp_path / "pruned" / "run.trec")}
+    both = kept.keys() & searched.keys()
+    assert len(both) > len(kept) // 2  # 86% here: most of the top 100 survive
+    assert max(abs(searched[k] - kept[k]) for k in both) < 1e-6
 
 
 def test_search_needs_exactly_one_mode(

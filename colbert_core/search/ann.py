@@ -8,8 +8,11 @@ Per query:
 3. candidate rule: each candidate document gets an *approximate* score, the sum over query
    tokens of the best similarity FAISS returned for that document (0 where a query token
    retrieved none of its tokens), and the ``max_candidates`` best are kept (ties: lower
-   document index). This is the late-interaction analogue of PLAID's centroid pruning;
-4. exact MaxSim over the candidates from the float16 token store; top ``k`` by score.
+   document index). This is the late-interaction analogue of PLAID's candidate generation;
+4. with a residual store and ``full_scores`` set, PLAID's centroid interaction: the
+   candidates ranked by MaxSim over their tokens' centroids, and the best
+   ``max(k, full_scores)`` kept;
+5. exact MaxSim over the (kept) candidates from the token store; top ``k`` by score.
 """
 
 from __future__ import annotations
@@ -43,9 +46,21 @@ class SearchParams:
     max_candidates: int = 256
     nprobe: int | None = None
     ef_search: int | None = None
+    #: Residual stores: candidates scored exactly after PLAID's centroid interaction
+    #: (at least ``k``, so every returned document has its exact score); ``None``: all.
+    full_scores: int | None = None
 
     def __post_init__(self) -> None:
-        check_positive(self, "k", "k_prime", "max_candidates", "nprobe", "ef_search")
+        check_positive(self, "k", "k_prime", "max_candidates", "nprobe", "ef_search", "full_scores")
+
+    @property
+    def exact_count(self) -> int | None:
+        """How many candidates the exact stage scores at most (``None``: all).
+
+        >>> SearchParams(k=10, full_scores=64).exact_count, SearchParams(full_scores=64).exact_count
+        (64, 100)
+        """
+        return None if self.full_scores is None else max(self.k, self.full_scores)
 
 
 @dataclass
@@ -121,11 +136,13 @@ def search(
         t1 = time.perf_counter()
         cand = candidates(docs[row : row + n], sims[row : row + n], params.max_candidates)
         row += n
-        scores = exact_scores(loaded, q, cand, scorer)
-        order = rank_candidates(cand, scores, params.k)
+        scored, scores = scorer.score_best(
+            q, loaded.store, loaded.doc_offsets, cand, params.exact_count
+        )
+        order = rank_candidates(scored, scores, params.k)
         results.append(
             QueryResult(
-                doc_index=cand[order],
+                doc_index=scored[order],
                 scores=scores[order],
                 candidates=cand,
                 timings={"ann_s": per_query_ann, "maxsim_s": time.perf_counter() - t1},
@@ -157,13 +174,3 @@ def candidates(docs: np.ndarray, sims: np.ndarray, max_candidates: int) -> np.nd
     np.add.at(approx, inv, best_s)
     keep = np.lexsort((uniq, -approx))[:max_candidates]
     return np.sort(uniq[keep]).astype(np.int64)
-
-
-def exact_scores(
-    loaded: LoadedIndex,
-    query: np.ndarray,
-    cand: np.ndarray,
-    scorer: CandidateScorer | None = None,
-) -> np.ndarray:
-    """Exact MaxSim of one query against candidate documents (float16 store)."""
-    return (scorer or CandidateScorer()).score(query, loaded.store, loaded.doc_offsets, cand)

@@ -221,15 +221,48 @@ class CandidateScorer:
             out[lo:hi] = segment_maxsim((q @ full.T).numpy(), seg, token_axis=1)
         return out
 
+    def score_best(
+        self,
+        query: np.ndarray,
+        tokens: np.ndarray | ResidualStore,
+        offsets: np.ndarray,
+        cand: np.ndarray,
+        full_scores: int | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(documents, their exact scores)``: every candidate, or the ``full_scores``
+        most promising ones.
+
+        With a residual store and ``full_scores < len(cand)``, the candidates are first
+        ranked by :func:`centroid_maxsim` (PLAID's centroid interaction: every token
+        replaced by its centroid, one table row per token instead of
+        ``dim * nbits / 8 + 1``) and only the best ``full_scores`` (ties: lower document
+        index) are scored exactly; the others are dropped, as PLAID drops them. Documents
+        come back in ``cand``'s order. A float16 store has no centroids: every candidate
+        is scored.
+        """
+        cand = np.asarray(cand, dtype=np.int64)
+        if not isinstance(tokens, ResidualStore) or full_scores is None or len(cand) <= full_scores:
+            return cand, self.score(query, tokens, offsets, cand)
+        table = tokens.lookup_table(query)
+        approx = centroid_maxsim(table, tokens, offsets, cand)
+        keep = cand[np.sort(np.lexsort((cand, -approx))[:full_scores])]
+        return keep, self._score_residual(query, tokens, offsets, keep, table)
+
     def _score_residual(
-        self, query: np.ndarray, store: ResidualStore, offsets: np.ndarray, cand: np.ndarray
+        self,
+        query: np.ndarray,
+        store: ResidualStore,
+        offsets: np.ndarray,
+        cand: np.ndarray,
+        table: torch.Tensor | None = None,
     ) -> np.ndarray:
         """MaxSim over the stored (decoded) vectors without decoding them.
 
         Per block of candidate tokens, ``<q_i, c + r> = <q_i, c> + sum_p T[p, byte_p]_i``
         for every query token at once: one ``embedding_bag`` (sum mode, FBGEMM's kernel)
-        over the query's lookup table, ``dim * nbits / 8 + 1`` rows of ``n_q`` floats per
-        token instead of a decode and ``dim`` multiply-adds per query token.
+        over the query's lookup table (``table``, computed here unless given),
+        ``dim * nbits / 8 + 1`` rows of ``n_q`` floats per token instead of a decode and
+        ``dim`` multiply-adds per query token.
         """
         out = np.zeros(len(cand), dtype=np.float32)
         if len(cand) == 0:
@@ -237,7 +270,8 @@ class CandidateScorer:
         if self.device.type == "cuda":
             rows, lengths = candidate_rows(offsets, cand)
             return maxsim_segments(query, store.decode(rows), lengths, self.device)
-        table = store.lookup_table(query)
+        if table is None:
+            table = store.lookup_table(query)
         width = store.codec.code_bytes + 1
         lengths = offsets[cand + 1] - offsets[cand]
         for lo, hi in consecutive_groups(lengths, self.block_tokens):
@@ -261,6 +295,28 @@ class CandidateScorer:
             self._half = torch.empty((size, dim), dtype=dtype)
             self._full = torch.empty((size, dim), dtype=torch.float32)
         return self._half[:n], self._full[:n]
+
+
+def centroid_maxsim(
+    table: torch.Tensor, store: ResidualStore, offsets: np.ndarray, cand: np.ndarray
+) -> np.ndarray:
+    """MaxSim of a query against documents ``cand`` whose tokens are replaced by their
+    centroids: ``sum_i max_t <q_i, c_t>`` ``(len(cand),)`` float32; empty documents score 0.
+
+    ``table`` is the query's :meth:`ResidualStore.lookup_table`, whose last rows hold
+    ``<q_i, c>``. One fused gather + per-document maximum (``embedding_bag``, max mode)
+    reads one row per token, without a ``(tokens, n_q)`` intermediate.
+    """
+    rows, seg = candidate_rows(offsets, cand)
+    starts = np.zeros(len(cand), dtype=np.int64)
+    np.cumsum(seg[:-1], out=starts[1:])
+    best = torch.nn.functional.embedding_bag(
+        torch.from_numpy(store.cids[rows].astype(np.int64)),
+        table[store.codec.code_bytes * 256 :],
+        torch.from_numpy(starts),
+        mode="max",
+    )  # (len(cand), n_q); an empty bag is all zeros
+    return best.sum(dim=1).numpy()
 
 
 def segment_maxsim(sim: np.ndarray, seg: np.ndarray, token_axis: int) -> np.ndarray:

@@ -64,7 +64,7 @@ TOP_LEVEL = (
 #: Encode options a study accepts (the rest is fixed by the study: corpus, out, max_docs).
 ENCODE_KEYS = ("shard_size", "batch_size", "doc_maxlen", "dtype", "on_bad_record")
 #: Search keys of one setting (``k`` is the study's, the same for every point).
-SEARCH_KEYS = ("k_prime", "max_candidates", "nprobe", "ef_search")
+SEARCH_KEYS = ("k_prime", "max_candidates", "nprobe", "ef_search", "full_scores")
 #: Placeholders a factory string may use, filled per size by the index rules.
 FACTORY_FIELDS = ("nlist", "pq_m")
 

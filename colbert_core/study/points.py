@@ -86,13 +86,7 @@ class PointSpec:
         return self.index.resolve(n_tokens=self.n_tokens, dim=self.dim)
 
     def setting_params(self, setting: SearchParams) -> SearchParams:
-        return SearchParams(
-            k=self.k,
-            k_prime=setting.k_prime,
-            max_candidates=setting.max_candidates,
-            nprobe=setting.nprobe,
-            ef_search=setting.ef_search,
-        )
+        return dataclasses.replace(setting, k=self.k)
 
     def key(self, setting: SearchParams) -> str:
         """The point key of one setting (what resuming compares)."""
@@ -102,7 +96,7 @@ class PointSpec:
                 "synthetic": self.synthetic,
                 "source": self.source_sha256,
                 "index": self.index.to_dict(),
-                "setting": dataclasses.asdict(self.setting_params(setting)),
+                "setting": setting_key(self.setting_params(setting)),
                 "queries": self.queries_sha256,
                 "latency_queries": self.latency_queries,
             }
@@ -287,6 +281,19 @@ def _quality(
     }
 
 
+def setting_key(params: SearchParams) -> dict[str, Any]:
+    """A setting as its point key hashes it: ``full_scores`` only when set, so points
+    measured before that setting existed keep their keys (and are not re-measured).
+
+    >>> "full_scores" in setting_key(SearchParams()), setting_key(SearchParams(full_scores=64))["full_scores"]
+    (False, 64)
+    """
+    key = dataclasses.asdict(params)
+    if key["full_scores"] is None:
+        del key["full_scores"]
+    return key
+
+
 def setting_label(params: SearchParams) -> str:
     """A short label of a search setting, e.g. ``k'=64 cand=256 nprobe=8``.
 
@@ -298,6 +305,8 @@ def setting_label(params: SearchParams) -> str:
         label += f" nprobe={params.nprobe}"
     if params.ef_search is not None:
         label += f" ef={params.ef_search}"
+    if params.full_scores is not None:
+        label += f" full={params.full_scores}"
     return label
 
 

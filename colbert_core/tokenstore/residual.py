@@ -360,10 +360,14 @@ class ResidualStore:
         """
         q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
         n_q, n_bytes = q.shape[0], self.codec.code_bytes
-        # Per byte p: (256, per) @ (per, n_q), batched over p -> (P, 256, n_q) directly.
+        table = torch.empty((n_bytes * 256 + self.codec.n_centroids, n_q), dtype=torch.float32)
+        # Both products write into the table (a concatenation would copy it once more).
+        # Per byte p: (256, per) @ (per, n_q), batched over p -> (P, 256, n_q).
         q_bytes = q.reshape(n_q, n_bytes, -1).permute(1, 2, 0)
-        tables = torch.bmm(self._byte_weights.expand(n_bytes, -1, -1), q_bytes)
-        return torch.cat([tables.reshape(n_bytes * 256, n_q), self._centroids @ q.T])
+        bytes_part = table[: n_bytes * 256].view(n_bytes, 256, n_q)
+        torch.bmm(self._byte_weights.expand(n_bytes, -1, -1), q_bytes, out=bytes_part)
+        torch.matmul(self._centroids, q.T, out=table[n_bytes * 256 :])
+        return table
 
     def bag_indices(self, rows: np.ndarray, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out`` ``(len(rows), code_bytes + 1)`` int32 with the table rows of tokens

@@ -83,6 +83,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nprobe", type=int, help="IVF lists probed (default nlist/512)")
     p.add_argument("--ef-search", type=int, help="HNSW efSearch (default max(64, 2k'))")
     p.add_argument(
+        "--full-scores",
+        type=int,
+        help="residual stores: score exactly only the best candidates by centroid MaxSim "
+        "(at least --k; default: all)",
+    )
+    p.add_argument(
         "--workers", type=int, help="Ray search actors for --index (default: one per CPU)"
     )
     p.add_argument("--threads-per-worker", type=int, help="torch threads per search actor (1)")
