@@ -63,6 +63,13 @@ def main() -> None:
         default=[SearchParams.full_scores],
         help="comma list (a number or 'all'): residual indexes are searched once per value",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="also time the query set split over this many processes of one torch thread "
+        "each, as `search --index --workers N` lays search actors out (0: not timed)",
+    )
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--skip-exact", action="store_true")
     p.add_argument("--fastplaid-index", default=None)
@@ -126,6 +133,9 @@ def main() -> None:
                 for d, s in zip(r.doc_index, r.scores, strict=True)
             ]
             lat_ms = np.array(lat) * 1000
+            extra = {}
+            if args.processes:
+                extra["qps_processes"] = round(parallel_qps(folder, sp, qv, args.processes), 2)
             record(
                 f"ours {loaded.meta.factory} + {store_label(loaded.meta.store)} store "
                 f"(k'={sp.k_prime}, C={sp.max_candidates}, nprobe={sp.nprobe}, "
@@ -140,6 +150,7 @@ def main() -> None:
                 index_bytes_per_token=loaded.meta.bytes_per_token["index"],
                 store_bytes_per_token=loaded.meta.bytes_per_token["token_store"],
                 total_bytes_per_token=loaded.meta.bytes_per_token["total"],
+                **extra,
             )
     if args.fastplaid_index:
         python = Path(args.fastplaid_venv) / "bin" / "python"
@@ -200,6 +211,43 @@ def main() -> None:
             f"| {r.get('maxsim_ms', '')} | "
             f"{r.get('total_bytes_per_token', r.get('bytes_per_token', ''))} |"
         )
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(folder: str, params: SearchParams, warm: list[np.ndarray]) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one thread per process, as a search actor runs
+    _WORKER["loaded"] = load_index(folder)
+    _WORKER["scorer"] = CandidateScorer()
+    _WORKER["params"] = params
+    search(_WORKER["loaded"], warm, params, _WORKER["scorer"])
+
+
+def _worker_search(queries: list[np.ndarray]) -> int:
+    return len(search(_WORKER["loaded"], queries, _WORKER["params"], _WORKER["scorer"]))
+
+
+def parallel_qps(folder: str, params: SearchParams, qv: list[np.ndarray], processes: int) -> float:
+    """Queries/s of the query set split into ``processes`` consecutive parts, each searched
+    in one call by its own process (index loaded and warmed before the clock starts)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    parts = [list(p) for p in np.array_split(np.arange(len(qv)), processes)]
+    ctx = mp.get_context("spawn")
+    init = (folder, params, qv[:8])
+    with ProcessPoolExecutor(
+        processes, mp_context=ctx, initializer=_worker_init, initargs=init
+    ) as pool:
+        # One tiny task per process first, so every worker has started and warmed up.
+        list(pool.map(_worker_search, [[qv[0]]] * processes * 2))
+        t0 = time.perf_counter()
+        done = sum(pool.map(_worker_search, [[qv[i] for i in part] for part in parts]))
+        seconds = time.perf_counter() - t0
+    return done / seconds
 
 
 if __name__ == "__main__":
