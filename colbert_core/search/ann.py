@@ -29,8 +29,7 @@ import numpy as np
 from ..config import check_positive
 from ..index import IndexMeta, LoadedIndex
 from ..tokenstore import token_to_doc
-from .maxsim import CandidateScorer
-from .queries import rank_candidates
+from .maxsim import CandidateScorer, rank_candidates
 
 
 @dataclass(frozen=True)
@@ -172,5 +171,5 @@ def candidates(docs: np.ndarray, sims: np.ndarray, max_candidates: int) -> np.nd
     uniq, inv = np.unique(best_docs, return_inverse=True)
     approx = np.zeros(uniq.size)
     np.add.at(approx, inv, best_s)
-    keep = np.lexsort((uniq, -approx))[:max_candidates]
+    keep = rank_candidates(uniq, approx, max_candidates)
     return np.sort(uniq[keep]).astype(np.int64)

@@ -123,11 +123,31 @@ def candidate_rows(offsets: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, n
     (array([0, 1, 2, 3, 4]), array([2, 3]))
     """
     starts, lengths = offsets[cand], offsets[cand + 1] - offsets[cand]
-    seg_start = np.zeros(len(cand), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=seg_start[1:])
     # A ramp restarted at each document's first token.
-    rows = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - seg_start, lengths)
+    shift = starts - segment_starts(lengths)
+    rows = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(shift, lengths)
     return rows, lengths
+
+
+def segment_starts(lengths: np.ndarray) -> np.ndarray:
+    """Where each of segments stored back to back begins: ``(len(lengths),)`` int64.
+
+    >>> segment_starts(np.array([2, 0, 3])).tolist()
+    [0, 2, 2]
+    """
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return starts
+
+
+def rank_candidates(cand: np.ndarray, scores: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Order of candidates by descending score, ties by lower document index (first ``k``).
+
+    >>> rank_candidates(np.array([5, 3, 9]), np.array([1.0, 2.0, 1.0])).tolist()
+    [1, 0, 2]
+    """
+    order = np.lexsort((cand, -scores))
+    return order if k is None else order[:k]
 
 
 def maxsim_segments(
@@ -245,7 +265,7 @@ class CandidateScorer:
             return cand, self.score(query, tokens, offsets, cand)
         table = tokens.lookup_table(query)
         approx = centroid_maxsim(table, tokens, offsets, cand)
-        keep = cand[np.sort(np.lexsort((cand, -approx))[:full_scores])]
+        keep = cand[np.sort(rank_candidates(cand, approx, full_scores))]
         return keep, self._score_residual(query, tokens, offsets, keep, table)
 
     def _score_residual(
@@ -308,12 +328,10 @@ def centroid_maxsim(
     reads one row per token, without a ``(tokens, n_q)`` intermediate.
     """
     rows, seg = candidate_rows(offsets, cand)
-    starts = np.zeros(len(cand), dtype=np.int64)
-    np.cumsum(seg[:-1], out=starts[1:])
     best = torch.nn.functional.embedding_bag(
         torch.from_numpy(store.cids[rows].astype(np.int64)),
         table[store.codec.code_bytes * 256 :],
-        torch.from_numpy(starts),
+        torch.from_numpy(segment_starts(seg)),
         mode="max",
     )  # (len(cand), n_q); an empty bag is all zeros
     return best.sum(dim=1).numpy()
@@ -328,8 +346,7 @@ def segment_maxsim(sim: np.ndarray, seg: np.ndarray, token_axis: int) -> np.ndar
     >>> segment_maxsim(np.array([[1., .5, 0.], [0., 0., 1.]]), np.array([2, 0, 1]), 1)
     array([1., 0., 1.], dtype=float32)
     """
-    starts = np.zeros(len(seg), dtype=np.int64)
-    np.cumsum(seg[:-1], out=starts[1:])
+    starts = segment_starts(seg)
     nonempty = seg > 0
     shape = [len(seg), len(seg)]
     shape[1 - token_axis] = sim.shape[1 - token_axis]

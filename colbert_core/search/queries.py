@@ -137,13 +137,3 @@ def ranked_list(doc_index: np.ndarray, scores: np.ndarray, doc_ids: Sequence[str
     [('c', 0.9), ('a', 0.5)]
     """
     return [(doc_ids[int(d)], float(s)) for d, s in zip(doc_index, scores, strict=True) if d >= 0]
-
-
-def rank_candidates(cand: np.ndarray, scores: np.ndarray, k: int | None = None) -> np.ndarray:
-    """Order of candidates by descending score, ties by lower document index (first ``k``).
-
-    >>> rank_candidates(np.array([5, 3, 9]), np.array([1.0, 2.0, 1.0])).tolist()
-    [1, 0, 2]
-    """
-    order = np.lexsort((cand, -scores))
-    return order if k is None else order[:k]

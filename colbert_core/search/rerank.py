@@ -14,8 +14,8 @@ import torch
 
 from ..embeddings import Embeddings
 from ..index import LoadedIndex
-from .maxsim import CandidateScorer
-from .queries import Ranked, rank_candidates, ranked_list
+from .maxsim import CandidateScorer, rank_candidates
+from .queries import Ranked, ranked_list
 
 logger = logging.getLogger(__name__)
 
