@@ -10,7 +10,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from colbert_core.search.maxsim import CandidateScorer, maxsim_flat, maxsim_padded, maxsim_reference
+from colbert_core.search.maxsim import (
+    CandidateScorer,
+    max_per_segment,
+    maxsim_flat,
+    maxsim_padded,
+    maxsim_reference,
+    piece_rows,
+)
 
 ATOL = 1e-4
 # Values at masked-out positions: large, so a masking bug cannot hide inside the tolerance.
@@ -209,3 +216,31 @@ def test_candidate_scorer_no_candidates_and_bad_block() -> None:
     assert out.shape == (0,) and out.dtype == np.float32
     with pytest.raises(ValueError, match="block_tokens must be positive"):
         CandidateScorer(block_tokens=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 70), min_size=0, max_size=12),
+    piece=st.sampled_from([1, 2, 4, 16, 64]),
+    n=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_max_per_segment_over_padded_pieces(lengths, piece, n, seed) -> None:
+    """Segments anywhere in a table (gaps, any order), of any length (empty, shorter and
+    longer than a piece, exact multiples): the per-segment maximum of a plain loop."""
+    rng = np.random.default_rng(seed)
+    table = torch.from_numpy(rng.standard_normal((400, n)).astype(np.float32))
+    lengths = np.asarray(lengths, dtype=np.int64)
+    starts = rng.integers(0, 400 - lengths.max(initial=0) + 1, len(lengths))
+    rows, counts = piece_rows(starts, lengths, piece)
+    assert rows.size == counts.sum() * piece
+    got = max_per_segment(torch.index_select(table, 0, torch.from_numpy(rows)), counts)
+    assert got.shape == (len(lengths), n)
+    for k, (s, m) in enumerate(zip(starts, lengths, strict=True)):
+        want = table[s : s + m].numpy().max(axis=0) if m else np.zeros(n, np.float32)
+        np.testing.assert_array_equal(got[k], want)
+
+
+def test_piece_rows_refuses_a_piece_that_is_not_a_power_of_two() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        piece_rows(np.array([0]), np.array([3]), 3)

@@ -23,6 +23,7 @@ from colbert_core.tokenstore.residual import (
     ResidualCodec,
     ResidualFormatError,
     ResidualStore,
+    distinct_per_segment,
     unit_scales,
 )
 from colbert_core.tokenstore.store import StoreSpec
@@ -58,7 +59,7 @@ def random_store(rng: np.random.Generator, nbits: int, dim: int, n_tokens: int, 
 @given(
     nbits=st.sampled_from([1, 2, 4]),
     dim=st.sampled_from([8, 16, 24]),
-    lengths=st.lists(st.integers(0, 9), min_size=1, max_size=12),
+    lengths=st.lists(st.integers(0, 40), min_size=1, max_size=12),
     n_q=st.integers(1, 6),
     block=st.sampled_from([1, 7, 4096]),
     seed=st.integers(0, 2**16),
@@ -92,7 +93,7 @@ def reference_centroid_maxsim(query, centroids, cids, offsets, cand) -> np.ndarr
 @settings(max_examples=40, deadline=None)
 @given(
     nbits=st.sampled_from([1, 2, 4]),
-    lengths=st.lists(st.integers(0, 9), min_size=1, max_size=16),
+    lengths=st.lists(st.integers(0, 40), min_size=1, max_size=16),
     full=st.integers(1, 17),
     seed=st.integers(0, 2**16),
 )
@@ -115,6 +116,44 @@ def test_full_scores_keeps_the_best_by_centroid_maxsim(nbits, lengths, full, see
     decoded = reference_decode(codec, cids, np.asarray(store.codes))
     want = [maxsim_reference(query, decoded[offsets[d] : offsets[d + 1]]) for d in docs]
     np.testing.assert_allclose(scores, np.asarray(want), rtol=1e-5, atol=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 30), min_size=0, max_size=12),
+    k=st.sampled_from([1, 3, 70_000]),
+    chunk=st.sampled_from([1, 5, 64, 1 << 22]),
+    seed=st.integers(0, 2**16),
+)
+def test_distinct_per_segment_equals_a_set_per_document(lengths, k, chunk, seed) -> None:
+    """Any chunking of the sort (a document longer than a chunk, many per chunk), uint16
+    and uint32 ids, empty documents: each document's set of ids, ascending."""
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = rng.integers(0, k, int(offsets[-1])).astype(np.uint16 if k < 65_536 else np.uint32)
+    ids, bounds = distinct_per_segment(values, offsets, chunk)
+    assert ids.dtype == values.dtype and bounds.tolist()[:1] == [0]
+    assert len(bounds) == len(lengths) + 1 and bounds[-1] == len(ids)
+    for d in range(len(lengths)):
+        want = sorted(set(values[offsets[d] : offsets[d + 1]].tolist()))
+        assert ids[bounds[d] : bounds[d + 1]].tolist() == want
+
+
+def test_lookup_tables_in_batches_equal_one_table_per_query(monkeypatch) -> None:
+    """The centroid products of several queries computed together, across product
+    boundaries (a budget of 3 query tokens: queries split over products and alone), equal
+    each query's own table, and the documents' distinct centroids are built once."""
+    rng = np.random.default_rng(5)
+    _, store, _, _ = random_store(rng, 2, 16, 40, k=4)
+    queries = [rng.standard_normal((n, 16)).astype(np.float32) for n in (1, 2, 5, 1, 3)]
+    monkeypatch.setattr("colbert_core.tokenstore.residual.TABLE_BATCH_BYTES", 3 * 4 * 4)
+    tables = list(store.lookup_tables(queries))
+    assert len(tables) == len(queries)
+    for q, table in zip(queries, tables, strict=True):
+        np.testing.assert_allclose(table.numpy(), store.lookup_table(q).numpy(), rtol=1e-6)
+    offsets = np.array([0, 10, 10, 40])
+    first = store.document_centroids(offsets)
+    assert store.document_centroids(offsets)[0] is first[0]
 
 
 def test_full_scores_drops_the_document_far_from_the_query_centroids() -> None:

@@ -131,12 +131,13 @@ def search(
     results: list[QueryResult] = []
     row = 0
     per_query_ann = ann_s / max(1, len(queries))
+    tables = scorer.tables(loaded.store, queries)
     for q, n in zip(queries, lengths, strict=True):
         t1 = time.perf_counter()
         cand = candidates(docs[row : row + n], sims[row : row + n], params.max_candidates)
         row += n
         scored, scores = scorer.score_best(
-            q, loaded.store, loaded.doc_offsets, cand, params.exact_count
+            q, loaded.store, loaded.doc_offsets, cand, params.exact_count, next(tables)
         )
         order = rank_candidates(scored, scores, params.k)
         results.append(

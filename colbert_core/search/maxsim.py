@@ -9,7 +9,7 @@ offsets (:func:`maxsim_flat`), the layout of the on-disk token store.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -176,6 +176,15 @@ def maxsim_segments(
     return segment_maxsim(sim, lengths, token_axis=1)
 
 
+#: Float16 store: token rows per block of :class:`CandidateScorer` (its float32 copy,
+#: 6 MB at d=384, stays in cache).
+FLOAT16_BLOCK_TOKENS = 4096
+
+#: Residual store: bytes of ``embedding_bag`` indices per block (int32, ``dim * nbits / 8
+#: + 1`` per token: 42,799 tokens at 1 bit and d=384).
+RESIDUAL_BLOCK_BYTES = 8 << 20
+
+
 class CandidateScorer:
     """Exact MaxSim of queries against candidate documents of a flat token store, fast.
 
@@ -183,7 +192,9 @@ class CandidateScorer:
     float32 cost 4x the matrix product itself (page faults on every new buffer). This
     scorer reuses its buffers across calls and works in blocks of whole documents of about
     ``block_tokens`` rows: gather (float16) -> convert (float32, in cache) -> one product
-    -> per-document maximum. Arithmetic is float32 throughout, so scores equal
+    -> per-document maximum. ``None`` picks the measured block per store: 4,096 tokens of a
+    float16 store, and :data:`RESIDUAL_BLOCK_BYTES` of table-row indices of a residual one
+    (fewer, larger ``embedding_bag`` calls: 8x larger blocks cut the exact stage by 30%). Arithmetic is float32 throughout, so scores equal
     :func:`maxsim_segments` on the CPU. On a CUDA ``device`` it defers to
     :func:`maxsim_segments` (float16 product on the GPU).
 
@@ -198,8 +209,8 @@ class CandidateScorer:
     array([1.75, 0.  , 1.  ], dtype=float32)
     """
 
-    def __init__(self, block_tokens: int = 4096, device: torch.device | None = None):
-        if block_tokens <= 0:
+    def __init__(self, block_tokens: int | None = None, device: torch.device | None = None):
+        if block_tokens is not None and block_tokens <= 0:
             raise ValueError(f"block_tokens must be positive, got {block_tokens}")
         self.block_tokens = block_tokens
         self.device = device or torch.device("cpu")
@@ -230,7 +241,7 @@ class CandidateScorer:
             store = torch.from_numpy(np.asarray(tokens))
         q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
         lengths = offsets[cand + 1] - offsets[cand]
-        for lo, hi in consecutive_groups(lengths, self.block_tokens):
+        for lo, hi in consecutive_groups(lengths, self.block_tokens or FLOAT16_BLOCK_TOKENS):
             rows, seg = candidate_rows(offsets, cand[lo:hi])
             n = rows.size
             if n == 0:
@@ -248,25 +259,38 @@ class CandidateScorer:
         offsets: np.ndarray,
         cand: np.ndarray,
         full_scores: int | None,
+        table: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(documents, their exact scores)``: every candidate, or the ``full_scores``
         most promising ones.
 
         With a residual store and ``full_scores < len(cand)``, the candidates are first
         ranked by :func:`centroid_maxsim` (PLAID's centroid interaction: every token
-        replaced by its centroid, one table row per token instead of
-        ``dim * nbits / 8 + 1``) and only the best ``full_scores`` (ties: lower document
-        index) are scored exactly; the others are dropped, as PLAID drops them. Documents
-        come back in ``cand``'s order. A float16 store has no centroids: every candidate
-        is scored.
+        replaced by its centroid, one table row per distinct centroid of a document
+        instead of ``dim * nbits / 8 + 1`` per token) and only the best ``full_scores``
+        (ties: lower document index) are scored exactly; the others are dropped, as PLAID
+        drops them. Documents come back in ``cand``'s order. A float16 store has no
+        centroids: every candidate is scored. ``table`` is the query's lookup table if
+        the caller built it already (:meth:`tables`).
         """
         cand = np.asarray(cand, dtype=np.int64)
-        if not isinstance(tokens, ResidualStore) or full_scores is None or len(cand) <= full_scores:
+        if not isinstance(tokens, ResidualStore):
             return cand, self.score(query, tokens, offsets, cand)
-        table = tokens.lookup_table(query)
-        approx = centroid_maxsim(table, tokens, offsets, cand)
-        keep = cand[np.sort(rank_candidates(cand, approx, full_scores))]
-        return keep, self._score_residual(query, tokens, offsets, keep, table)
+        if full_scores is not None and len(cand) > full_scores:
+            if table is None:
+                table = tokens.lookup_table(query)
+            approx = centroid_maxsim(table, tokens, offsets, cand)
+            cand = cand[np.sort(rank_candidates(cand, approx, full_scores))]
+        return cand, self._score_residual(query, tokens, offsets, cand, table)
+
+    def tables(
+        self, store: np.ndarray | ResidualStore, queries: Sequence[np.ndarray]
+    ) -> Iterator[torch.Tensor | None]:
+        """Each query's lookup table for :meth:`score_best` (built for many queries at
+        once, :meth:`ResidualStore.lookup_tables`), or ``None`` for a float16 store."""
+        if isinstance(store, ResidualStore):
+            return store.lookup_tables(queries)
+        return iter([None] * len(queries))
 
     def _score_residual(
         self,
@@ -282,7 +306,8 @@ class CandidateScorer:
         for every query token at once: one ``embedding_bag`` (sum mode, FBGEMM's kernel)
         over the query's lookup table (``table``, computed here unless given),
         ``dim * nbits / 8 + 1`` rows of ``n_q`` floats per token instead of a decode and
-        ``dim`` multiply-adds per query token.
+        ``dim`` multiply-adds per query token. Tokens are taken in the padded pieces of
+        :func:`piece_rows`, so the per-document maximum is :func:`max_per_segment`.
         """
         out = np.zeros(len(cand), dtype=np.float32)
         if len(cand) == 0:
@@ -293,25 +318,26 @@ class CandidateScorer:
         if table is None:
             table = store.lookup_table(query)
         width = store.codec.code_bytes + 1
+        block = self.block_tokens or max(1, RESIDUAL_BLOCK_BYTES // (4 * width))
         lengths = offsets[cand + 1] - offsets[cand]
-        for lo, hi in consecutive_groups(lengths, self.block_tokens):
-            rows, seg = candidate_rows(offsets, cand[lo:hi])
+        for lo, hi in consecutive_groups(lengths, block):
+            rows, counts = piece_rows(offsets[cand[lo:hi]], lengths[lo:hi])
             if rows.size == 0:
                 continue
             bags = store.bag_indices(rows, self._bag_buffer(rows.size, width))
             sim = torch.nn.functional.embedding_bag(bags, table, mode="sum")  # (n, n_q)
             sim.mul_(store.token_scales(rows))
-            out[lo:hi] = segment_maxsim(sim.numpy(), seg, token_axis=0)
+            out[lo:hi] = max_per_segment(sim, counts).sum(axis=1)
         return out
 
     def _bag_buffer(self, n: int, width: int) -> torch.Tensor:
         if self._bags.shape[0] < n or self._bags.shape[1:] != (width,):
-            self._bags = torch.empty((max(n, self.block_tokens), width), dtype=torch.int32)
+            self._bags = torch.empty((n, width), dtype=torch.int32)
         return self._bags[:n]
 
     def _buffers(self, n: int, dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         if self._half.dtype != dtype or self._half.shape[0] < n or self._half.shape[1:] != (dim,):
-            size = max(n, self.block_tokens)
+            size = max(n, self.block_tokens or FLOAT16_BLOCK_TOKENS)
             self._half = torch.empty((size, dim), dtype=dtype)
             self._full = torch.empty((size, dim), dtype=torch.float32)
         return self._half[:n], self._full[:n]
@@ -324,17 +350,70 @@ def centroid_maxsim(
     centroids: ``sum_i max_t <q_i, c_t>`` ``(len(cand),)`` float32; empty documents score 0.
 
     ``table`` is the query's :meth:`ResidualStore.lookup_table`, whose last rows hold
-    ``<q_i, c>``. One fused gather + per-document maximum (``embedding_bag``, max mode)
-    reads one row per token, without a ``(tokens, n_q)`` intermediate.
+    ``<q_i, c>``. Each document's distinct centroids
+    (:meth:`ResidualStore.document_centroids`) select one row each; the maximum is the
+    same as over every token's centroid.
     """
-    rows, seg = candidate_rows(offsets, cand)
-    best = torch.nn.functional.embedding_bag(
-        torch.from_numpy(store.cids[rows].astype(np.int64)),
-        table[store.codec.code_bytes * 256 :],
-        torch.from_numpy(segment_starts(seg)),
-        mode="max",
-    )  # (len(cand), n_q); an empty bag is all zeros
-    return best.sum(dim=1).numpy()
+    ids, bounds = store.document_centroids(offsets)
+    rows, counts = piece_rows(bounds[cand], bounds[cand + 1] - bounds[cand])
+    centroid_rows = table[store.codec.code_bytes * 256 :]
+    values = torch.index_select(centroid_rows, 0, torch.from_numpy(ids[rows].astype(np.int64)))
+    return max_per_segment(values, counts).sum(axis=1)
+
+
+#: Rows per piece in :func:`piece_rows` (a power of two): short enough that padding each
+#: document's last piece costs little, long enough that the maximum over a document's
+#: pieces (a ``reduceat``) is a small part of :func:`max_per_segment`.
+PIECE_ROWS = 16
+
+
+def piece_rows(
+    starts: np.ndarray, lengths: np.ndarray, piece: int = PIECE_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``starts[k] ... starts[k] + lengths[k] - 1`` of each segment, cut into pieces of
+    ``piece`` rows, each segment's last piece padded by repeating its last row (repeats
+    leave a maximum unchanged): ``((n_pieces * piece,) int64, pieces per segment)``.
+
+    >>> rows, counts = piece_rows(np.array([10, 20, 30]), np.array([3, 0, 1]), 2)
+    >>> rows.tolist(), counts.tolist()
+    ([10, 11, 12, 12, 30, 30], [2, 0, 1])
+    """
+    if piece < 1 or piece & (piece - 1):
+        raise ValueError(f"piece must be a power of two, got {piece}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    counts = -(-lengths // piece)
+    owner = np.repeat(np.arange(len(lengths)), counts)
+    rank = np.arange(int(counts.sum())) - np.repeat(segment_starts(counts), counts)
+    within = np.minimum(rank[:, None] * piece + np.arange(piece), (lengths[owner] - 1)[:, None])
+    return (np.asarray(starts, dtype=np.int64)[owner][:, None] + within).ravel(), counts
+
+
+def max_per_segment(values: torch.Tensor, counts: np.ndarray) -> np.ndarray:
+    """Element-wise maximum over each segment's rows of ``values`` ``(n_pieces * piece,
+    n)``, laid out by :func:`piece_rows` -> ``(len(counts), n)`` float32; 0 for an empty
+    segment.
+
+    A halving tree of ``torch.maximum`` within pieces, then one ``reduceat`` over each
+    segment's pieces: a ``reduceat`` over every row, ``embedding_bag``'s max mode and
+    ``scatter_reduce`` take 1.3-3x longer on rows of ~30 floats (bench/RESULTS.md).
+
+    >>> v = torch.tensor([[1.0], [3.0], [2.0], [2.0], [5.0], [5.0]])
+    >>> max_per_segment(v, np.array([2, 0, 1])).tolist()
+    [[3.0], [0.0], [5.0]]
+    """
+    n_pieces = int(counts.sum())
+    out = np.zeros((len(counts), values.shape[1]), dtype=np.float32)
+    if n_pieces == 0:
+        return out
+    blocks = values.view(n_pieces, -1, values.shape[1])
+    while blocks.shape[1] > 1:
+        half = blocks.shape[1] // 2
+        blocks = torch.maximum(blocks[:, :half], blocks[:, half:])
+    nonempty = counts > 0
+    out[nonempty] = np.maximum.reduceat(
+        blocks[:, 0].numpy(), segment_starts(counts)[nonempty], axis=0
+    )
+    return out
 
 
 def segment_maxsim(sim: np.ndarray, seg: np.ndarray, token_axis: int) -> np.ndarray:
