@@ -217,9 +217,14 @@ _WORKER: dict = {}
 
 
 def _worker_init(folder: str, params: SearchParams, warm: list[np.ndarray]) -> None:
+    import faiss
     import torch
 
-    torch.set_num_threads(1)  # one thread per process, as a search actor runs
+    # One thread per process, as a search actor runs: Ray sets OMP_NUM_THREADS to the
+    # actor's CPUs (1), which FAISS's OpenMP reads; without it each process's FAISS would
+    # start one thread per core and the processes would oversubscribe the cores.
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     _WORKER["loaded"] = load_index(folder)
     _WORKER["scorer"] = CandidateScorer()
     _WORKER["params"] = params
@@ -242,7 +247,8 @@ def parallel_qps(folder: str, params: SearchParams, qv: list[np.ndarray], proces
     with ProcessPoolExecutor(
         processes, mp_context=ctx, initializer=_worker_init, initargs=init
     ) as pool:
-        # One tiny task per process first, so every worker has started and warmed up.
+        # Tiny tasks first (twice as many as processes), so that the pool has started every
+        # worker, each warmed by its initializer, before the clock starts.
         list(pool.map(_worker_search, [[qv[0]]] * processes * 2))
         t0 = time.perf_counter()
         done = sum(pool.map(_worker_search, [[qv[i] for i in part] for part in parts]))
