@@ -194,9 +194,9 @@ class CandidateScorer:
     ``block_tokens`` rows: gather (float16) -> convert (float32, in cache) -> one product
     -> per-document maximum. ``None`` picks the measured block per store: 4,096 tokens of a
     float16 store, and :data:`RESIDUAL_BLOCK_BYTES` of table-row indices of a residual one
-    (fewer, larger ``embedding_bag`` calls: 8x larger blocks cut the exact stage by 30%). Arithmetic is float32 throughout, so scores equal
-    :func:`maxsim_segments` on the CPU. On a CUDA ``device`` it defers to
-    :func:`maxsim_segments` (float16 product on the GPU).
+    (fewer, larger ``embedding_bag`` calls: 8x larger blocks cut the exact stage by 30%).
+    Arithmetic is float32 throughout, so scores equal :func:`maxsim_segments` on the CPU.
+    On a CUDA ``device`` it defers to :func:`maxsim_segments` (float16 product on the GPU).
 
     Not thread-safe: one scorer per thread (search actors are single-threaded).
 
@@ -287,8 +287,9 @@ class CandidateScorer:
         self, store: np.ndarray | ResidualStore, queries: Sequence[np.ndarray]
     ) -> Iterator[torch.Tensor | None]:
         """Each query's lookup table for :meth:`score_best` (built for many queries at
-        once, :meth:`ResidualStore.lookup_tables`), or ``None`` for a float16 store."""
-        if isinstance(store, ResidualStore):
+        once, :meth:`ResidualStore.lookup_tables`), or ``None`` for a float16 store and on
+        a CUDA ``device`` (which decodes instead; the centroid pass builds its own)."""
+        if isinstance(store, ResidualStore) and self.device.type != "cuda":
             return store.lookup_tables(queries)
         return iter([None] * len(queries))
 
@@ -394,8 +395,9 @@ def max_per_segment(values: torch.Tensor, counts: np.ndarray) -> np.ndarray:
     segment.
 
     A halving tree of ``torch.maximum`` within pieces, then one ``reduceat`` over each
-    segment's pieces: a ``reduceat`` over every row, ``embedding_bag``'s max mode and
-    ``scatter_reduce`` take 1.3-3x longer on rows of ~30 floats (bench/RESULTS.md).
+    segment's pieces: a ``reduceat`` over every row and ``embedding_bag``'s max mode take
+    about twice as long on rows of ~22 floats, ``scatter_reduce`` as long
+    (bench/RESULTS.md).
 
     >>> v = torch.tensor([[1.0], [3.0], [2.0], [2.0], [5.0], [5.0]])
     >>> max_per_segment(v, np.array([2, 0, 1])).tolist()

@@ -379,9 +379,9 @@ class ResidualStore:
         """:meth:`lookup_table` of each query ``(n_q, dim)`` in turn.
 
         The centroid rows of consecutive queries come from one matrix product (up to
-        :data:`TABLE_BATCH_BYTES` of products at a time): one query's ~30 tokens against
-        4,096 centroids run at half the multiply-add rate of a batched product, and this
-        product is the largest part of building a table.
+        :data:`TABLE_BATCH_BYTES` of products at a time): one query's ~20-30 tokens
+        against 4,096 centroids run at half the multiply-add rate of a batched product, and
+        this product is the largest part of building a table.
         """
         per_product = max(1, TABLE_BATCH_BYTES // (4 * self.codec.n_centroids))
         lo = 0
