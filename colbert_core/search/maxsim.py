@@ -173,7 +173,7 @@ def maxsim_segments(
     q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).to(device, dtype)
     t = torch.from_numpy(np.ascontiguousarray(tokens)).to(device).to(dtype)
     sim = (q @ t.T).float().cpu().numpy()
-    return segment_maxsim(sim, lengths, token_axis=1)
+    return segment_maxsim(sim, lengths)
 
 
 #: Float16 store: token rows per block of :class:`CandidateScorer` (its float32 copy,
@@ -249,7 +249,7 @@ class CandidateScorer:
             half, full = self._buffers(n, store.shape[1], store.dtype)
             torch.index_select(store, 0, torch.from_numpy(rows), out=half)
             full.copy_(half)
-            out[lo:hi] = segment_maxsim((q @ full.T).numpy(), seg, token_axis=1)
+            out[lo:hi] = segment_maxsim((q @ full.T).numpy(), seg)
         return out
 
     def score_best(
@@ -418,23 +418,19 @@ def max_per_segment(values: torch.Tensor, counts: np.ndarray) -> np.ndarray:
     return out
 
 
-def segment_maxsim(sim: np.ndarray, seg: np.ndarray, token_axis: int) -> np.ndarray:
-    """Similarities of query tokens to documents stored back to back (``seg[k]`` tokens
-    each, along ``token_axis`` of the 2-D ``sim``) -> each document's MaxSim
-    ``(len(seg),)`` float32; empty documents score 0. The axis is the caller's layout:
-    ``reduceat`` along a transposed copy would cost more than the reduction.
+def segment_maxsim(sim: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    """Similarities ``(n_q, tokens)`` of query tokens to documents stored back to back
+    (``seg[k]`` tokens each) -> each document's MaxSim ``(len(seg),)`` float32; empty
+    documents score 0. Tokens run along the rows, where ``reduceat`` is fast; residual
+    stores, whose sums come out token-major, use :func:`max_per_segment`.
 
-    >>> segment_maxsim(np.array([[1., .5, 0.], [0., 0., 1.]]), np.array([2, 0, 1]), 1)
+    >>> segment_maxsim(np.array([[1., .5, 0.], [0., 0., 1.]]), np.array([2, 0, 1]))
     array([1., 0., 1.], dtype=float32)
     """
-    starts = segment_starts(seg)
     nonempty = seg > 0
-    shape = [len(seg), len(seg)]
-    shape[1 - token_axis] = sim.shape[1 - token_axis]
-    best = np.zeros(shape, dtype=np.float32)
-    index = (slice(None), nonempty) if token_axis == 1 else (nonempty, slice(None))
-    best[index] = np.maximum.reduceat(sim, starts[nonempty], axis=token_axis)
-    return best.sum(axis=1 - token_axis)
+    best = np.zeros((sim.shape[0], len(seg)), dtype=np.float32)
+    best[:, nonempty] = np.maximum.reduceat(sim, segment_starts(seg)[nonempty], axis=1)
+    return best.sum(axis=0)
 
 
 def consecutive_groups(lengths: Sequence[int] | np.ndarray, limit: int) -> list[tuple[int, int]]:
