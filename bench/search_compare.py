@@ -112,7 +112,7 @@ def main() -> None:
         loaded = load_index(folder)
         scorer = CandidateScorer()
         # full_scores only changes how residual stores are searched.
-        fulls = args.full_scores if loaded.store_kind == "residual" else [None]
+        fulls = args.full_scores if loaded.store_kind != "float16" else [None]
         for c, full in [(c, f) for c in args.max_candidates for f in fulls]:
             base = SearchParams(args.k, args.k_prime, c, args.nprobe, full_scores=full)
             sp = default_params(loaded.meta, base)

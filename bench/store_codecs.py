@@ -17,11 +17,17 @@ Codecs:
   dimension of the residual; cutoffs and weights from quantiles of a training sample.
   Decoded here in numpy through a 256-entry byte lookup table.
 * FAISS standalone codecs (``sa_encode``/``sa_decode``) on the same coarse quantizer:
-  residual ScalarQuantizer 4 and 8 bit, residual PQ (d/8 and d/4 bytes), and RaBitQ.
+  residual ScalarQuantizer 4 and 8 bit, residual PQ (d/8 and d/4 bytes, or ``--pq-m``),
+  and RaBitQ (``--rabitq-bits``: 1, or more with FAISS >= 1.12's multi-bit RaBitQ).
+* ``residual OPQ{m}`` and ``residual PCA-balanced PQ{m}`` for each ``--pq-m``: residual PQ
+  after a learned rotation (FAISS ``OPQMatrix``, or ``PCAMatrix`` with ``balanced_bins``).
 
 Usage::
 
     python bench/store_codecs.py --index out/demo/index-ivfpq --dataset beir:scifact
+    python bench/store_codecs.py --index out/bench/miracl/idx-ivfpq \
+        --dataset beir:miracl-de-dev --pq-m 48,64,96 \
+        --codecs "faiss IVF,PQ64x8 (residual);residual OPQ64"
 """
 
 from __future__ import annotations
@@ -99,6 +105,38 @@ def residual_codec(centroids: np.ndarray, sample: np.ndarray, sample_lists: np.n
     return Codec(f"residual-b{bits}", d * bits // 8 + 2, encode, decode)
 
 
+def opq_codec(centroids: np.ndarray, sample: np.ndarray, sample_lists: np.ndarray,
+              m: int, rotation: str = "opq") -> Codec:  # fmt: skip
+    """Residual PQ after a rotation, both trained on the sample's residuals to the
+    index's centroids (FAISS ``ProductQuantizer``; 2-byte centroid id). ``rotation``:
+    ``opq`` (``OPQMatrix``, iterative) or ``pca`` (``PCAMatrix`` with ``balanced_bins``:
+    principal directions dealt to the sub-quantizers so their variances balance, one
+    eigendecomposition)."""
+    d = centroids.shape[1]
+    res = np.ascontiguousarray(sample - centroids[sample_lists], dtype=np.float32)
+    if rotation == "opq":
+        opq = faiss.OPQMatrix(d, m)
+    else:
+        opq = faiss.PCAMatrix(d, d, 0.0, False)
+        opq.balanced_bins = m
+    opq.train(res)
+    pq = faiss.ProductQuantizer(d, m, 8)
+    pq.train(opq.apply(res))
+
+    def encode(x: np.ndarray, lists: np.ndarray) -> np.ndarray:
+        r = np.ascontiguousarray(x - centroids[lists], dtype=np.float32)
+        ids = lists.astype(np.uint16).view(np.uint8).reshape(-1, 2)
+        return np.concatenate([ids, pq.compute_codes(opq.apply(r))], axis=1)
+
+    def decode(codes: np.ndarray) -> np.ndarray:
+        lists = codes[:, :2].copy().view(np.uint16).ravel()
+        r = opq.reverse_transform(pq.decode(np.ascontiguousarray(codes[:, 2:])))
+        return r + centroids[lists]
+
+    name = f"residual OPQ{m}" if rotation == "opq" else f"residual PCA-balanced PQ{m}"
+    return Codec(name, m + 2, encode, decode)
+
+
 def faiss_codec(name: str, index: faiss.Index, sample: np.ndarray) -> Codec:
     index.train(sample)
     size = index.sa_code_size()
@@ -112,18 +150,28 @@ def faiss_codec(name: str, index: faiss.Index, sample: np.ndarray) -> Codec:
     return Codec(name, size, encode, decode)
 
 
-def faiss_codecs(quantizer: faiss.Index, d: int, nlist: int, sample: np.ndarray) -> list[Codec]:
+def faiss_codecs(
+    quantizer: faiss.Index,
+    d: int,
+    nlist: int,
+    sample: np.ndarray,
+    pq_m: tuple[int, ...] = (),
+    rabitq_bits: tuple[int, ...] = (1,),
+) -> list[Codec]:
     ip = faiss.METRIC_INNER_PRODUCT
     out = []
     for bits, qtype in ((4, faiss.ScalarQuantizer.QT_4bit), (8, faiss.ScalarQuantizer.QT_8bit)):
         idx = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, qtype, ip, True)
         out.append(faiss_codec(f"faiss IVF,SQ{bits} (residual)", idx, sample))
-    for m in (d // 8, d // 4):
+    for m in pq_m or (d // 8, d // 4):
         idx = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, ip)
         out.append(faiss_codec(f"faiss IVF,PQ{m}x8 (residual)", idx, sample))
     if hasattr(faiss, "IndexIVFRaBitQ"):
-        idx = faiss.IndexIVFRaBitQ(quantizer, d, nlist, ip)
-        out.append(faiss_codec("faiss IVF,RaBitQ", idx, sample))
+        for bits in rabitq_bits:
+            # Multi-bit RaBitQ (nb_bits > 1) arrived in FAISS 1.12; 1 bit keeps the old name.
+            idx = faiss.IndexIVFRaBitQ(quantizer, d, nlist, ip, True, bits)
+            name = "faiss IVF,RaBitQ" if bits == 1 else f"faiss IVF,RaBitQ{bits}"
+            out.append(faiss_codec(name, idx, sample))
     return out
 
 
@@ -165,7 +213,15 @@ def main() -> None:
     p.add_argument("--dataset", default="beir:scifact")
     p.add_argument("--split", default="test")
     p.add_argument("--train", type=int, default=100_000, help="training sample (tokens)")
-    p.add_argument("--codecs", default="", help="comma list of names to run (default: all)")
+    p.add_argument(
+        "--codecs",
+        default="",
+        help="names to run, separated by semicolons (names hold commas; default: all)",
+    )
+    p.add_argument(
+        "--pq-m", default="", help="residual PQ sub-quantizers, comma list (default: d/8,d/4)"
+    )
+    p.add_argument("--rabitq-bits", default="1", help="RaBitQ bits per dimension, comma list")
     args = p.parse_args()
 
     loaded = load_index(args.index)
@@ -194,9 +250,9 @@ def main() -> None:
     scorer = CandidateScorer()
 
     def ndcg(store: np.ndarray) -> tuple[float, float]:
-        results = search(dataclasses.replace(loaded, tokens=store), qv, params, scorer)
+        results = search(dataclasses.replace(loaded, store=store), qv, params, scorer)
         run = [
-            ScoredDoc(q.query_id, loaded.doc_ids[doc], float(s))
+            ScoredDoc(q.query_id, loaded.mapping.doc_ids[doc], float(s))
             for q, r in zip(queries, results, strict=True)
             for doc, s in zip(r.doc_index, r.scores, strict=True)
         ]
@@ -217,9 +273,21 @@ def main() -> None:
     print(json.dumps(rows[-1]), file=sys.stderr)
     t0 = time.perf_counter()
     codecs = [residual_codec(centroids, sample, sample_lists, b) for b in (1, 2, 4)]
-    codecs += faiss_codecs(quantizer, d, nlist, sample)
+    pq_m = tuple(int(m) for m in args.pq_m.split(",") if m)
+    wanted = {c.strip() for c in args.codecs.split(";") if c.strip()}
+    codecs += [
+        opq_codec(centroids, sample, sample_lists, m)
+        for m in pq_m
+        if not wanted or f"residual OPQ{m}" in wanted
+    ]
+    codecs += [
+        opq_codec(centroids, sample, sample_lists, m, "pca")
+        for m in pq_m
+        if not wanted or f"residual PCA-balanced PQ{m}" in wanted
+    ]
+    rabitq_bits = tuple(int(b) for b in args.rabitq_bits.split(",") if b)
+    codecs += faiss_codecs(quantizer, d, nlist, sample, pq_m, rabitq_bits)
     train_s = time.perf_counter() - t0
-    wanted = {c for c in args.codecs.split(",") if c}
     for codec in codecs:
         if wanted and codec.name not in wanted:
             continue

@@ -16,6 +16,7 @@ from colbert_core.index import META, IndexConfig, IndexLoadError, build_index, l
 from colbert_core.search import SearchParams, search
 from colbert_core.search.maxsim import CandidateScorer, maxsim_reference
 from colbert_core.tokenstore import TOKENS
+from colbert_core.tokenstore.pq import CODEBOOKS, PQCodec
 from colbert_core.tokenstore.residual import (
     CENTROIDS,
     CIDS,
@@ -29,10 +30,26 @@ from colbert_core.tokenstore.residual import (
 from colbert_core.tokenstore.store import StoreSpec
 
 
-def reference_decode(codec: ResidualCodec, cids: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Decode one dimension at a time in float64 from the documented layout (byte ``p``
-    holds dimensions ``p * 8/nbits ...``, the first in the lowest bits), then scale each
-    vector to unit length with its float16 scale; independent of the codec's tables."""
+def reference_decode(
+    codec: ResidualCodec | PQCodec, cids: np.ndarray, codes: np.ndarray, scales: np.ndarray
+) -> np.ndarray:
+    """Decode one dimension at a time in float64 from the documented layout, then scale
+    each vector by its stored ``scales``; independent of the codec's tables.
+
+    Residual codec: byte ``p`` holds dimensions ``p * 8/nbits ...``, the first in the
+    lowest bits. PQ codec: byte ``p`` is the codeword of dimensions ``p * dim/m ...``.
+    The stored scales must be ``1 / |vector|`` to float16 precision (they are compared
+    here; the stored ones are used because a float64 norm and the store's float32 one
+    can round to neighbouring float16 values).
+    """
+    if isinstance(codec, PQCodec):
+        sub = codec.dim // codec.m
+        out = np.zeros((len(cids), codec.dim), dtype=np.float64)
+        for t in range(len(cids)):
+            for d in range(codec.dim):
+                word = codec.codebooks[d // sub, int(codes[t, d // sub]), d % sub]
+                out[t, d] = float(codec.centroids[cids[t], d]) + float(word)
+        return _scaled(out, scales)
     per = 8 // codec.nbits
     mask = (1 << codec.nbits) - 1
     out = np.zeros((len(cids), codec.dim), dtype=np.float64)
@@ -40,14 +57,26 @@ def reference_decode(codec: ResidualCodec, cids: np.ndarray, codes: np.ndarray) 
         for d in range(codec.dim):
             bucket = (int(codes[t, d // per]) >> (codec.nbits * (d % per))) & mask
             out[t, d] = float(codec.centroids[cids[t], d]) + float(codec.weights[bucket])
-    scales = (1.0 / np.linalg.norm(out, axis=1)).astype(np.float16).astype(np.float64)
-    return out * scales[:, None]
+    return _scaled(out, scales)
+
+
+def _scaled(raw: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    scales = np.asarray(scales, dtype=np.float64)
+    np.testing.assert_allclose(scales, 1.0 / np.linalg.norm(raw, axis=1), rtol=1e-3)
+    return raw * scales[:, None]
 
 
 def random_store(rng: np.random.Generator, nbits: int, dim: int, n_tokens: int, k: int):
+    """A store of random tokens: ``nbits`` 1, 2 or 4 for the residual codec, or a negative
+    ``-m`` for a PQ codec of ``m`` bytes with random codewords (scoring does not depend on
+    how they were fitted; training is tested on built indexes)."""
     centroids = rng.standard_normal((k, dim)).astype(np.float32)
-    sample = rng.standard_normal((max(n_tokens, 8), dim)).astype(np.float32)
-    codec = ResidualCodec.train(centroids, sample, rng.integers(0, k, len(sample)), nbits)
+    if nbits < 0:
+        words = 0.3 * rng.standard_normal((-nbits, 256, dim // -nbits))
+        codec: ResidualCodec | PQCodec = PQCodec(centroids, words.astype(np.float32))
+    else:
+        sample = rng.standard_normal((max(n_tokens, 8), dim)).astype(np.float32)
+        codec = ResidualCodec.train(centroids, sample, rng.integers(0, k, len(sample)), nbits)
     x = rng.standard_normal((n_tokens, dim)).astype(np.float32)
     cids = rng.integers(0, k, n_tokens)
     codes = codec.encode(x, cids)
@@ -55,9 +84,9 @@ def random_store(rng: np.random.Generator, nbits: int, dim: int, n_tokens: int, 
     return codec, ResidualStore(codec, cids.astype(np.uint16), codes, scales), x, cids
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
-    nbits=st.sampled_from([1, 2, 4]),
+    nbits=st.sampled_from([1, 2, 4, -1, -2, -4]),  # negative: pq with that many bytes
     dim=st.sampled_from([8, 16, 24]),
     lengths=st.lists(st.integers(0, 40), min_size=1, max_size=12),
     n_q=st.integers(1, 6),
@@ -68,7 +97,7 @@ def test_scores_equal_numpy_decode_then_maxsim(nbits, dim, lengths, n_q, block, 
     rng = np.random.default_rng(seed)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     codec, store, _, cids = random_store(rng, nbits, dim, int(offsets[-1]), k=5)
-    decoded = reference_decode(codec, cids, np.asarray(store.codes))
+    decoded = reference_decode(codec, cids, np.asarray(store.codes), store.scales)
     np.testing.assert_allclose(store.decode(np.arange(store.n_tokens)), decoded, atol=1e-5)
     query = rng.standard_normal((n_q, dim)).astype(np.float32)
     cand = np.sort(rng.choice(len(lengths), size=rng.integers(0, len(lengths) + 1), replace=False))
@@ -92,7 +121,7 @@ def reference_centroid_maxsim(query, centroids, cids, offsets, cand) -> np.ndarr
 
 @settings(max_examples=40, deadline=None)
 @given(
-    nbits=st.sampled_from([1, 2, 4]),
+    nbits=st.sampled_from([1, 2, 4, -2, -8]),
     lengths=st.lists(st.integers(0, 40), min_size=1, max_size=16),
     full=st.integers(1, 17),
     seed=st.integers(0, 2**16),
@@ -113,7 +142,7 @@ def test_full_scores_keeps_the_best_by_centroid_maxsim(nbits, lengths, full, see
         # float32 rounding of near ties).
         kept = np.isin(cand, docs)
         assert approx[kept].min() >= approx[~kept].max() - 1e-4
-    decoded = reference_decode(codec, cids, np.asarray(store.codes))
+    decoded = reference_decode(codec, cids, np.asarray(store.codes), store.scales)
     want = [maxsim_reference(query, decoded[offsets[d] : offsets[d + 1]]) for d in docs]
     np.testing.assert_allclose(scores, np.asarray(want), rtol=1e-5, atol=1e-4)
 
@@ -204,9 +233,18 @@ def test_more_bits_reconstruct_better() -> None:
 def test_store_spec_parses_and_refuses_with_the_fix() -> None:
     assert StoreSpec.parse("residual") == StoreSpec("residual", 2)
     assert str(StoreSpec.parse("Residual:4")) == "residual:4"
-    for bad in ("residual:3", "residual:x", "pq", "float16:2"):
+    assert StoreSpec.parse("PQ:64") == StoreSpec("pq", m=64) and str(StoreSpec("pq", m=8)) == "pq:8"
+    for bad in ("residual:3", "residual:x", "opq", "float16:2"):
         with pytest.raises(ConfigError, match=r"float16|residual"):
             StoreSpec.parse(bad)
+    for bad in ("pq", "pq:x", "pq:0"):
+        with pytest.raises(ConfigError, match=r"e\.g\. pq:64"):
+            StoreSpec.parse(bad)
+    with pytest.raises(ConfigError, match=r"--store pq:60: .*divides the dimension 384.*pq:64"):
+        StoreSpec.parse("pq:60").check(384, 10_000)
+    with pytest.raises(ConfigError, match=r"at least 256 tokens.*use residual:B"):
+        StoreSpec.parse("pq:8").check(32, 100)
+    StoreSpec.parse("pq:8").check(32, 256)
     with pytest.raises(ConfigError, match="store"):
         IndexConfig(store="bf16")
     with pytest.raises(ResidualFormatError, match="multiple of 8"):
@@ -236,6 +274,8 @@ def built(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         "ivf-f16": IndexConfig(type="ivfpq", nlist=32, pq_m=8, pq_nbits=6),
         "ivf-r2": IndexConfig(type="ivfpq", nlist=32, pq_m=8, pq_nbits=6, store="residual:2"),
         "flat-r1": IndexConfig(type="flat", store="residual:1"),
+        "ivf-pq": IndexConfig(type="ivfpq", nlist=32, pq_m=8, pq_nbits=6, store="pq:8"),
+        "flat-pq": IndexConfig(type="flat", store="pq:16"),
     }
     return {name: _build(corpus, base / name, cfg) for name, cfg in configs.items()}
 
@@ -267,6 +307,27 @@ def test_ivf_store_reuses_the_index_centroids_and_lists(corpus: Corpus, built) -
     assert np.median(cosine) > 0.9
 
 
+def test_pq_store_reuses_the_index_and_reconstructs_better_than_residual_bits(
+    corpus: Corpus, built
+) -> None:
+    f16, pq, r2 = (load_index(built[n]) for n in ("ivf-f16", "ivf-pq", "ivf-r2"))
+    meta = pq.meta.to_dict()
+    assert meta["store"] == {**meta["store"], "kind": "pq", "m": 8, "centroids": "index"}
+    assert meta["build"]["store"] == "pq:8" and pq.store_kind == "pq"
+    assert meta["files"]["index.faiss"] == f16.meta.to_dict()["files"]["index.faiss"]
+    assert (built["ivf-pq"] / CODEBOOKS).stat().st_size == 8 * 256 * (DIM // 8) * 4
+    words = 8 * 256 * (DIM // 8) * 4 / corpus.n_tokens  # the codewords count too
+    assert meta["bytes_per_token"]["token_store"] == pytest.approx(8 + 2 + 2 + words, abs=1e-3)
+    assert np.array_equal(np.asarray(pq.store.cids), np.asarray(r2.store.cids))
+    # 8 bytes of PQ (2 bits per dimension at d=32) decode closer than 2-bit buckets.
+    x = corpus.tokens.astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rows = np.arange(corpus.n_tokens)
+    err_pq = np.linalg.norm(pq.store.decode(rows) - x, axis=1).mean()
+    err_r2 = np.linalg.norm(r2.store.decode(rows) - x, axis=1).mean()
+    assert err_pq < 0.8 * err_r2, (err_pq, err_r2)
+
+
 def test_flat_index_store_trains_its_own_centroids(built) -> None:
     res = load_index(built["flat-r1"])
     store = res.meta.store
@@ -274,7 +335,7 @@ def test_flat_index_store_trains_its_own_centroids(built) -> None:
     assert (built["flat-r1"] / CENTROIDS).stat().st_size == store["n_centroids"] * DIM * 4
 
 
-@pytest.mark.parametrize("name", ["ivf-r2", "flat-r1"])
+@pytest.mark.parametrize("name", ["ivf-r2", "flat-r1", "ivf-pq", "flat-pq"])
 def test_search_through_the_store_equals_the_reference(corpus: Corpus, built, name) -> None:
     loaded = load_index(built[name])
     rng = np.random.default_rng(1)
@@ -284,8 +345,9 @@ def test_search_through_the_store_equals_the_reference(corpus: Corpus, built, na
         assert len(r.doc_index) == 10
         for doc, score in zip(r.doc_index, r.scores, strict=True):
             rows = np.arange(loaded.doc_offsets[doc], loaded.doc_offsets[doc + 1])
+            store = loaded.store
             ref = maxsim_reference(q, reference_decode(
-                loaded.store.codec, np.asarray(loaded.store.cids)[rows], loaded.store.codes[rows]))  # fmt: skip
+                store.codec, np.asarray(store.cids)[rows], store.codes[rows], store.scales[rows]))  # fmt: skip
             assert score == pytest.approx(ref, abs=1e-4)
 
 
@@ -331,6 +393,18 @@ def test_damaged_store_files_are_refused_with_the_fix(built, tmp_path: Path) -> 
     with pytest.raises(IndexLoadError, match=r"missing index file .*residual\.centroids"):
         load_index(missing)
 
+    no_words = _copy(built["flat-pq"], tmp_path / "no-words")
+    (no_words / CODEBOOKS).unlink()
+    with pytest.raises(IndexLoadError, match=r"missing index file .*residual\.codebooks"):
+        load_index(no_words)
+
+    other_m = _copy(built["flat-pq"], tmp_path / "other-m")
+    _edit_meta(other_m, lambda m: m["store"].update(m=8))  # same codebook bytes, other split
+    with pytest.raises(
+        IndexLoadError, match=r"pq token store: residual\.codes: \d+ bytes, expected"
+    ):
+        load_index(other_m)
+
 
 def _edit_meta(folder: Path, edit) -> None:
     meta = json.loads((folder / META).read_text())
@@ -347,7 +421,9 @@ def _edit_meta(folder: Path, edit) -> None:
         (lambda m: m["store"].update(cutoffs=[0.5, 0.1, 0.2]), "cutoffs must be ascending"),
         (lambda m: m["store"].update(n_centroids=16), "32 centroids of dim 32, meta.json says 16"),
         (lambda m: m["store"].pop("weights"), "invalid store parameters"),
-        (lambda m: m["store"].update(kind="pq"), "unknown token store 'pq'"),
+        (lambda m: m["store"].update(kind="opq"), "unknown token store 'opq'"),
+        # A residual store's files described as pq: the codewords file is not there.
+        (lambda m: m["store"].update(kind="pq", m=16), r"no entry for residual\.codebooks"),
     ],
 )  # fmt: skip
 def test_mismatched_store_description_is_refused(built, tmp_path: Path, edit, message) -> None:

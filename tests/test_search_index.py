@@ -264,7 +264,7 @@ def residual_pair(datasets_dir: Path, ray_address: str, tmp_path_factory) -> dic
     assert main(argv) == 0
     out = {"beir": subset, "emb": root}
     # The same FAISS index twice (same options and seed), with each token store.
-    for store in ("float16", "residual:2"):
+    for store in ("float16", "residual:2", "pq:48"):
         out[store] = base / store.replace(":", "")
         argv = ["index", "--embeddings", str(root), "--out", str(out[store]), "--type",
                 "ivfpq", "--store", store]  # fmt: skip
@@ -296,21 +296,7 @@ def test_residual_store_searches_like_float16_through_actors_and_rerank(
     # almost as the float16 vectors do.
     assert res["candidate_recall"] == f16["candidate_recall"]
     assert abs(res["measures"]["nDCG@10"] - f16["measures"]["nDCG@10"]) <= 0.01
-    # rerank reads the same store: the float16 run's top 100 reordered by it.
-    out = tmp_path / "rerank"
-    argv = ["rerank", "--run", str(tmp_path / "float16" / "run.trec"), "--index",
-            str(residual_pair["residual:2"]), "--queries", str(subset), "--out", str(out)]  # fmt: skip
-    assert main(argv) == 0
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["params"]["store"] == "residual:2"
-    assert abs(m["measures"]["nDCG@10"] - f16["measures"]["nDCG@10"]) <= 0.01
-    searched = {
-        (q, d): float(s) for q, _, d, _, s, _ in _lines(tmp_path / "residual:2" / "run.trec")
-    }
-    reranked = {(q, d): float(s) for q, _, d, _, s, _ in _lines(out / "run.trec")}
-    common = searched.keys() & reranked.keys()
-    assert len(common) > 5000  # the residual search's documents are in the rerank pool
-    assert max(abs(searched[k] - reranked[k]) for k in common) < 1e-4  # the same scores
+    _rerank_reads_the_store(residual_pair, "residual:2", tmp_path, f16["measures"]["nDCG@10"])
     # --full-scores: the actors score exactly only the best 100 of the 256 candidates by
     # centroid MaxSim; quality holds and every returned score is still the exact one.
     pruned = _search(
@@ -321,9 +307,54 @@ def test_residual_store_searches_like_float16_through_actors_and_rerank(
     assert pruned["candidate_recall"] == res["candidate_recall"]
     assert abs(pruned["measures"]["nDCG@10"] - f16["measures"]["nDCG@10"]) <= 0.01
     kept = {(q, d): float(s) for q, _, d, _, s, _ in _lines(tmp_path / "pruned" / "run.trec")}
+    searched = {
+        (q, d): float(s) for q, _, d, _, s, _ in _lines(tmp_path / "residual:2" / "run.trec")
+    }
     both = kept.keys() & searched.keys()
     assert len(both) > len(kept) // 2  # 86% here: most of the top 100 survive
     assert max(abs(searched[k] - kept[k]) for k in both) < 1e-6
+
+
+def test_pq_store_searches_like_float16_through_actors_and_rerank(
+    residual_pair, ray_address: str, tmp_path: Path
+) -> None:
+    from colbert_core.index import load_index
+
+    subset = residual_pair["beir"]
+    pq_idx = load_index(residual_pair["pq:48"])
+    assert pq_idx.store_kind == "pq" and pq_idx.meta.store["m"] == 48
+    assert (
+        pq_idx.meta.files["index.faiss"]
+        == load_index(residual_pair["float16"]).meta.files["index.faiss"]
+    )
+    runs = {}
+    for store, extra in (("float16", ()), ("pq:48", ("--full-scores", "100"))):
+        runs[store] = _search(
+            None, subset, tmp_path / store, ray_address,
+            "--index", str(residual_pair[store]), "--workers", "2", *extra,
+        )  # fmt: skip
+    f16, pq = runs["float16"], runs["pq:48"]
+    assert pq["params"]["store"] == "pq:48" and pq["queries"] == 150
+    assert pq["candidate_recall"] == f16["candidate_recall"]
+    assert abs(pq["measures"]["nDCG@10"] - f16["measures"]["nDCG@10"]) <= 0.01
+    _rerank_reads_the_store(residual_pair, "pq:48", tmp_path, f16["measures"]["nDCG@10"])
+
+
+def _rerank_reads_the_store(pair: dict[str, Path], store: str, runs: Path, f16_ndcg: float) -> None:
+    """rerank over the ``store`` index reorders the float16 run's top 100 (in
+    ``runs / "float16"``) with the scores the search over that index gave (``runs / store``)."""
+    out = runs / "rerank"
+    argv = ["rerank", "--run", str(runs / "float16" / "run.trec"), "--index", str(pair[store]),
+            "--queries", str(pair["beir"]), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["params"]["store"] == store
+    assert abs(m["measures"]["nDCG@10"] - f16_ndcg) <= 0.01
+    searched = {(q, d): float(s) for q, _, d, _, s, _ in _lines(runs / store / "run.trec")}
+    reranked = {(q, d): float(s) for q, _, d, _, s, _ in _lines(out / "run.trec")}
+    common = searched.keys() & reranked.keys()
+    assert len(common) > 5000  # the searched documents are in the rerank pool
+    assert max(abs(searched[k] - reranked[k]) for k in common) < 1e-4  # the same scores
 
 
 def test_search_needs_exactly_one_mode(

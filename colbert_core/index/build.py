@@ -27,7 +27,7 @@ from ..embeddings.manifest import now_iso
 from ..storage import file_entry, is_s3, open_storage, write_bytes_atomic
 from ..tokenstore import TOKENS, DocMappingWriter, Float16StoreWriter, open_float16
 from ..tokenstore.residual import write_residual_store
-from ..tokenstore.store import StoreSpec, store_files
+from ..tokenstore.store import StoreSpec, codec_trainer, store_files
 from .meta import INDEX_FILE, META, FileEntry, IndexMeta
 from .spec import IndexSpec, IndexSpecError
 
@@ -219,6 +219,7 @@ def build_index(
     store = Embeddings(embeddings) if isinstance(embeddings, str) else embeddings
     if store.dim != spec.dim:
         raise IndexSpecError(f"index dim {spec.dim} differs from the embeddings' dim {store.dim}")
+    token_store.check(store.dim, store.n_tokens)
     if is_s3(out):
         with tempfile.TemporaryDirectory(prefix="colbert-index-") as tmp:
             meta = _build_local(
@@ -310,7 +311,8 @@ def _compress(
     not downloaded twice); it is deleted once the residual files are in place.
     """
     tokens = open_float16(out / TOKENS, store.n_tokens, store.dim)
-    entries, params = write_residual_store(out, tokens, index, int(token_store.nbits), seed)
+    train = codec_trainer(token_store, seed)
+    entries, params = write_residual_store(out, tokens, index, train, seed)
     del tokens
     (out / TOKENS).unlink()
     del files[TOKENS]
@@ -350,7 +352,7 @@ def _build_local(
     tmp_index.replace(out / INDEX_FILE)
     files = {INDEX_FILE: FileEntry(**file_entry(out / INDEX_FILE)), **files}  # type: ignore[arg-type]
     store_meta: dict[str, Any] = {"kind": "float16"}
-    if token_store.kind == "residual":
+    if token_store.kind != "float16":
         if progress:
             progress("compress", 0)
         t0 = time.perf_counter()

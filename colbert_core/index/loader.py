@@ -44,8 +44,8 @@ from ..tokenstore import (
     read_doc_ids,
     read_offsets,
 )
-from ..tokenstore.residual import ResidualFormatError, open_residual
-from ..tokenstore.store import TokenStore, store_files, store_kind
+from ..tokenstore.residual import ResidualFormatError
+from ..tokenstore.store import STORE_KINDS, TokenStore, open_compressed, store_files, store_kind
 from .meta import INDEX_FILE, META, FileEntry, IndexLoadError, IndexMeta
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def load_index(
 
 def _store_files(meta: IndexMeta, folder: Path) -> tuple[str, ...]:
     kind = meta.store.get("kind")
-    if kind not in ("float16", "residual"):
+    if kind not in STORE_KINDS:
         raise IndexLoadError(
             f"{folder / META}: unknown token store {kind!r} (written by a newer "
             "colbert-batch?); upgrade or rebuild the index"
@@ -197,13 +197,12 @@ def _store_files(meta: IndexMeta, folder: Path) -> tuple[str, ...]:
 
 def _open_store(folder: Path, meta: IndexMeta, index: faiss.Index) -> TokenStore:
     """The token store (its files' sizes and hashes already checked)."""
-    if meta.store.get("kind") == "residual":
+    kind = meta.store.get("kind")
+    if kind != "float16":
         try:
-            return open_residual(folder, meta.store, meta.n_tokens, meta.dim, index)
+            return open_compressed(folder, meta.store, meta.n_tokens, meta.dim, index)
         except ResidualFormatError as exc:
-            raise IndexLoadError(
-                f"{folder}: residual token store: {exc}; rebuild the index"
-            ) from exc
+            raise IndexLoadError(f"{folder}: {kind} token store: {exc}; rebuild the index") from exc
     try:
         return open_float16(folder / TOKENS, meta.n_tokens, meta.dim)
     except ValueError as exc:

@@ -150,11 +150,9 @@ def fixed_index_bytes(spec: IndexSpec) -> int:
 
 
 def store_bytes_per_token(store: str, dim: int) -> float:
-    """Bytes per token of the token store (float16: ``2 dim``; residual: ``dim b / 8 + 4``)."""
-    spec = StoreSpec.parse(store)
-    if spec.kind == "residual":
-        return dim * int(spec.nbits) / 8 + 4
-    return 2.0 * dim
+    """Bytes per token of the token store (float16: ``2 dim``; residual: ``dim b / 8 + 4``;
+    pq: ``M + 4``)."""
+    return StoreSpec.parse(store).bytes_per_token(dim)
 
 
 def predict_memory_bytes(index: IndexConfig, n_tokens: int, dim: int, shard_tokens: int) -> int:

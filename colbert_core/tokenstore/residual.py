@@ -23,6 +23,10 @@ Scoring never decodes (:meth:`ResidualStore.lookup_table`): for a query token ``
 ``<q, c + r> = <q, c> + sum_p T_q[p, byte_p]``, where ``T_q[p, v]`` is the dot product of
 ``q``'s slice of byte ``p`` with the weights byte value ``v`` stands for. A token costs
 ``dim * nbits / 8`` table lookups instead of ``dim`` multiply-adds after a decode.
+
+:class:`ResidualStore` also holds the residual product-quantised (:mod:`.pq`,
+``--store pq:M``): any codec whose byte ``p`` with value ``v`` always decodes to the same
+residual values (:class:`StoreCodec`) scores through the same table.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import hashlib
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +70,66 @@ class ResidualFormatError(ValueError):
     """Residual store files or parameters that do not fit together."""
 
 
+@dataclass(frozen=True)
+class StoreCodec(ABC):
+    """A codec of :class:`ResidualStore`: ColBERTv2's buckets (:class:`ResidualCodec`) or
+    product quantisation (:class:`.pq.PQCodec`).
+
+    Both store a centroid id and ``code_bytes`` bytes per token, and byte ``p`` with value
+    ``v`` always decodes to the same ``dim / code_bytes`` residual values
+    (:meth:`byte_vectors`), so one lookup table per query scores either.
+
+    Attributes
+    ----------
+    centroids
+        ``(n_centroids, dim)`` float32.
+    """
+
+    centroids: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.centroids.ndim != 2 or self.centroids.dtype != np.float32:
+            raise ResidualFormatError("centroids must be a (n, dim) float32 array")
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @property
+    def n_centroids(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """Nearest centroid (largest inner product) of each row of ``x`` ``(n, dim)``."""
+        return nearest_centroids(self.centroids, x)
+
+    @property
+    @abstractmethod
+    def code_bytes(self) -> int:
+        """Residual bytes per token (the centroid id comes on top)."""
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """The codec's scalars and ``"kind"``, as recorded in ``meta.json``."""
+
+    @abstractmethod
+    def files(self) -> dict[str, bytes]:
+        """Codec files written beside the codes (name -> contents)."""
+
+    @abstractmethod
+    def encode(self, x: np.ndarray, cids: np.ndarray) -> np.ndarray:
+        """Codes ``(n, code_bytes)`` uint8 of ``x`` ``(n, dim)`` against centroids ``cids``."""
+
+    @abstractmethod
+    def byte_vectors(self) -> np.ndarray:
+        """``(code_bytes, 256, dim / code_bytes)`` float32: what value ``v`` of byte ``p``
+        decodes to."""
+
+    @abstractmethod
+    def decode(self, cids: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Centroid + decoded residual ``(n, dim)`` float32, before the per-token scale."""
+
+
 def cid_dtype(n_centroids: int) -> np.dtype:
     """Little-endian unsigned type of the centroid ids: 2 bytes up to 65,536 centroids.
 
@@ -75,7 +140,7 @@ def cid_dtype(n_centroids: int) -> np.dtype:
 
 
 @dataclass(frozen=True)
-class ResidualCodec:
+class ResidualCodec(StoreCodec):
     """Centroids, bucket cutoffs and bucket weights of the residual codec.
 
     Attributes
@@ -91,16 +156,14 @@ class ResidualCodec:
         Bits per dimension: 1, 2 or 4.
     """
 
-    centroids: np.ndarray
     cutoffs: np.ndarray
     weights: np.ndarray
     nbits: int
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.nbits not in NBITS:
             raise ResidualFormatError(f"nbits must be one of {NBITS}, got {self.nbits}")
-        if self.centroids.ndim != 2 or self.centroids.dtype != np.float32:
-            raise ResidualFormatError("centroids must be a (n, dim) float32 array")
         if self.dim % (8 // self.nbits):
             raise ResidualFormatError(
                 f"dimension {self.dim} is not a multiple of {8 // self.nbits} "
@@ -116,14 +179,6 @@ class ResidualCodec:
             raise ResidualFormatError("cutoffs and weights must be finite")
         if np.any(np.diff(self.cutoffs) < 0):
             raise ResidualFormatError("cutoffs must be ascending")
-
-    @property
-    def dim(self) -> int:
-        return int(self.centroids.shape[1])
-
-    @property
-    def n_centroids(self) -> int:
-        return int(self.centroids.shape[0])
 
     @property
     def code_bytes(self) -> int:
@@ -156,18 +211,30 @@ class ResidualCodec:
         weights = np.quantile(res, (np.arange(n) + 0.5) / n).astype(np.float32)
         return cls(centroids, cutoffs, weights, nbits)
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any], centroids: np.ndarray) -> ResidualCodec:
+        """The codec recorded in ``meta.json`` (:meth:`params`) over ``centroids``."""
+        try:
+            nbits = int(params["nbits"])
+            cutoffs = np.asarray(params["cutoffs"], dtype=np.float32)
+            weights = np.asarray(params["weights"], dtype=np.float32)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ResidualFormatError(f"invalid store parameters in meta.json: {exc!r}") from exc
+        return cls(centroids, cutoffs, weights, nbits)
+
     def params(self) -> dict[str, Any]:
         """The codec's scalars, as recorded in ``meta.json`` (centroids are a file)."""
         return {
+            "kind": "residual",
             "nbits": self.nbits,
             "n_centroids": self.n_centroids,
             "cutoffs": [float(v) for v in self.cutoffs],
             "weights": [float(v) for v in self.weights],
         }
 
-    def assign(self, x: np.ndarray) -> np.ndarray:
-        """Nearest centroid (largest inner product) of each row of ``x`` ``(n, dim)``."""
-        return nearest_centroids(self.centroids, x)
+    def files(self) -> dict[str, bytes]:
+        """Codec files beside the codes: none (the scalars fit in ``meta.json``)."""
+        return {}
 
     def encode(self, x: np.ndarray, cids: np.ndarray) -> np.ndarray:
         """Packed residual buckets ``(n, code_bytes)`` uint8 of ``x`` against ``cids``.
@@ -199,6 +266,14 @@ class ResidualCodec:
         values = np.arange(256)[:, None] >> (self.nbits * np.arange(per))[None, :]
         return self.weights[values & mask].astype(np.float32)
 
+    def byte_vectors(self) -> np.ndarray:
+        """``(code_bytes, 256, 8 / nbits)`` float32: what value ``v`` of byte ``p`` decodes
+        to - :meth:`byte_weights` for every byte."""
+        per = 8 // self.nbits
+        return np.ascontiguousarray(
+            np.broadcast_to(self.byte_weights(), (self.code_bytes, 256, per))
+        )
+
     def decode(self, cids: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Centroid + bucket weights ``(n, dim)`` float32, before the per-token scale."""
         residual = self.byte_weights()[np.asarray(codes)].reshape(len(codes), self.dim)
@@ -227,7 +302,7 @@ class ResidualStoreWriter:
     """Encode float16 token chunks into ``residual.cids`` and ``residual.codes`` (through
     temp files, hashed as they are written)."""
 
-    def __init__(self, folder: Path, codec: ResidualCodec, *, write_centroids: bool):
+    def __init__(self, folder: Path, codec: StoreCodec, *, write_centroids: bool):
         self.folder = folder
         self.codec = codec
         self.write_centroids = write_centroids
@@ -262,12 +337,14 @@ class ResidualStoreWriter:
             self._files[name].replace(self.folder / name)
             out[name] = {"bytes": (self.folder / name).stat().st_size}
             out[name]["sha256"] = self._sha[name].hexdigest()
+        extra = dict(self.codec.files())
         if self.write_centroids:
-            raw = np.ascontiguousarray(self.codec.centroids, dtype="<f4").tobytes()
-            tmp = self.folder / f".{CENTROIDS}.tmp"
+            extra[CENTROIDS] = np.ascontiguousarray(self.codec.centroids, dtype="<f4").tobytes()
+        for name, raw in extra.items():
+            tmp = self.folder / f".{name}.tmp"
             tmp.write_bytes(raw)
-            tmp.replace(self.folder / CENTROIDS)
-            out[CENTROIDS] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+            tmp.replace(self.folder / name)
+            out[name] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
         return out
 
     def abort(self) -> None:
@@ -315,9 +392,7 @@ class ResidualStore:
     """A residual store opened for search: memory-mapped centroid ids, codes and scales,
     and the codec."""
 
-    def __init__(
-        self, codec: ResidualCodec, cids: np.ndarray, codes: np.ndarray, scales: np.ndarray
-    ):
+    def __init__(self, codec: StoreCodec, cids: np.ndarray, codes: np.ndarray, scales: np.ndarray):
         if (
             cids.shape[0] != codes.shape[0]
             or codes.shape[1:] != (codec.code_bytes,)
@@ -332,7 +407,7 @@ class ResidualStore:
         self.codes = codes
         self.scales = scales
         self._centroids = torch.from_numpy(codec.centroids)
-        self._byte_weights = torch.from_numpy(codec.byte_weights())
+        self._byte_vectors = torch.tensor(codec.byte_vectors())  # a copy: the bmm's operand
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # read-only memmaps, only read
             self._codes_t = torch.from_numpy(np.asarray(codes))
@@ -367,7 +442,8 @@ class ResidualStore:
         """The query's scoring table: ``(code_bytes * 256 + n_centroids, n_q)`` float32.
 
         Row ``p * 256 + v`` holds, for every query token, the dot product of its
-        dimensions stored in byte ``p`` with the weights byte value ``v`` stands for; row
+        dimensions stored in byte ``p`` with what byte value ``v`` decodes to
+        (the codec's ``byte_vectors``); row
         ``code_bytes * 256 + c`` holds ``<q_i, centroid_c>``. A token's score for every
         query token is the sum of the rows its bytes and its centroid select
         (:meth:`bag_indices`), ``<q_i, c + r>``, times its scale (:meth:`token_scales`):
@@ -407,7 +483,7 @@ class ResidualStore:
         # Per byte p: (256, per) @ (per, n_q), batched over p -> (P, 256, n_q).
         q_bytes = q.reshape(n_q, n_bytes, -1).permute(1, 2, 0)
         bytes_part = table[: n_bytes * 256].view(n_bytes, 256, n_q)
-        torch.bmm(self._byte_weights.expand(n_bytes, -1, -1), q_bytes, out=bytes_part)
+        torch.bmm(self._byte_vectors, q_bytes, out=bytes_part)
         table[n_bytes * 256 :].copy_(centroid_products)
         return table
 
@@ -485,21 +561,19 @@ def distinct_per_segment(
     return np.concatenate(parts), bounds
 
 
-def open_residual(
-    folder: Path, params: dict[str, Any], n_tokens: int, dim: int, index: faiss.Index
-) -> ResidualStore:
-    """Open the residual store of an index folder (file sizes and hashes already checked).
+def read_centroids(
+    folder: Path, params: dict[str, Any], dim: int, index: faiss.Index
+) -> np.ndarray:
+    """A store's centroids ``(n_centroids, dim)`` float32: the IVF index's coarse quantizer
+    (``params["centroids"] == "index"``) or :data:`CENTROIDS`.
 
     Raises
     ------
     ResidualFormatError
-        When the files, ``params`` (from ``meta.json``) and the index disagree.
+        When ``params`` (from ``meta.json``), the file and the index disagree.
     """
     try:
-        nbits = int(params["nbits"])
         n_centroids = int(params["n_centroids"])
-        cutoffs = np.asarray(params["cutoffs"], dtype=np.float32)
-        weights = np.asarray(params["weights"], dtype=np.float32)
         source = str(params["centroids"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ResidualFormatError(f"invalid store parameters in meta.json: {exc!r}") from exc
@@ -519,13 +593,25 @@ def open_residual(
             f"{centroids.shape[0]} centroids of dim {centroids.shape[1]}, meta.json says "
             f"{n_centroids} of dim {dim}"
         )
-    codec = ResidualCodec(centroids.astype(np.float32), cutoffs, weights, nbits)
-    dtype = cid_dtype(n_centroids)
+    return centroids.astype(np.float32)
+
+
+def open_residual(folder: Path, codec: StoreCodec, n_tokens: int) -> ResidualStore:
+    """Map the codes of a store folder (file sizes and hashes already checked) for
+    ``codec``.
+
+    Raises
+    ------
+    ResidualFormatError
+        When a file's size does not fit ``n_tokens`` and the codec, or a centroid id is
+        out of range.
+    """
+    dtype = cid_dtype(codec.n_centroids)
     cids = _map(folder / CIDS, dtype, (n_tokens,))
     codes = _map(folder / CODES, np.dtype(np.uint8), (n_tokens, codec.code_bytes))
     scales = _map(folder / SCALES, np.dtype("<f2"), (n_tokens,))
-    if n_tokens and int(cids.max()) >= n_centroids:
-        raise ResidualFormatError(f"{CIDS}: a centroid id is >= {n_centroids}")
+    if n_tokens and int(cids.max()) >= codec.n_centroids:
+        raise ResidualFormatError(f"{CIDS}: a centroid id is >= {codec.n_centroids}")
     return ResidualStore(codec, cids, codes, scales)
 
 
@@ -578,10 +664,15 @@ def sample_rows(tokens: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.n
     return np.asarray(tokens[pick], dtype=np.float32), pick
 
 
+#: Fits a codec to ``(centroids, sample, sample centroid ids)``.
+CodecTrainer = Callable[[np.ndarray, np.ndarray, np.ndarray], StoreCodec]
+
+
 def write_residual_store(
-    folder: Path, tokens: np.ndarray, index: faiss.Index, nbits: int, seed: int
+    folder: Path, tokens: np.ndarray, index: faiss.Index, train: CodecTrainer, seed: int
 ) -> tuple[dict[str, dict[str, int | str]], dict[str, Any]]:
-    """Encode the float16 ``tokens`` ``(n_tokens, dim)`` into a residual store in ``folder``.
+    """Encode the float16 ``tokens`` ``(n_tokens, dim)`` into a residual store in ``folder``
+    with the codec ``train`` fits (:func:`.store.codec_trainer`).
 
     Centroids and assignments come from ``index`` when it is IVF (its coarse quantizer
     and inverted lists); otherwise k-means (``4 sqrt(n)`` centroids, as IVF's rule) on a
@@ -603,7 +694,7 @@ def write_residual_store(
     # Cutoffs and weights from a second draw (ColBERT fits them on held-out vectors).
     sample, pick = sample_rows(tokens, CODEC_SAMPLE, seed + 1)
     sample_cids = nearest_centroids(centroids, sample) if assignment is None else assignment[pick]
-    codec = ResidualCodec.train(centroids, sample, sample_cids, nbits)
+    codec = train(centroids, sample, sample_cids)
     writer = ResidualStoreWriter(folder, codec, write_centroids=assignment is None)
     try:
         for lo, chunk in iter_chunks(tokens):
@@ -613,6 +704,6 @@ def write_residual_store(
     except BaseException:
         writer.abort()
         raise
-    params = {"kind": "residual", **codec.params()}
+    params = codec.params()
     params["centroids"] = "index" if assignment is not None else "file"
     return entries, params

@@ -62,8 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the training sample (0)")
     p.add_argument(
         "--store",
-        help="token store for exact MaxSim: float16 (default) or residual:B, B in 1/2/4 bits "
-        "per dimension (ColBERTv2's codec, dim*B/8+2 bytes/token)",
+        help="token store for exact MaxSim: float16 (default), residual:B (ColBERTv2's "
+        "codec, B in 1/2/4 bits per dimension, dim*B/8+4 bytes/token) or pq:M (the residual "
+        "product-quantised in M bytes, M dividing dim, M+4 bytes/token)",
     )
     p.add_argument(
         "--workers",
