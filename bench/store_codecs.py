@@ -43,10 +43,10 @@ from collections.abc import Callable
 
 import faiss
 import numpy as np
-from ir_measures import ScoredDoc
 
 from colbert_core.data import load_qrels, load_queries
 from colbert_core.evaluation import evaluate
+from colbert_core.evaluation.rundir import scored_docs
 from colbert_core.index import load_index
 from colbert_core.search import (
     CandidateScorer,
@@ -54,6 +54,7 @@ from colbert_core.search import (
     default_params,
     encode_queries,
     load_query_encoder,
+    ranked_list,
     search,
 )
 
@@ -251,12 +252,11 @@ def main() -> None:
 
     def ndcg(store: np.ndarray) -> tuple[float, float]:
         results = search(dataclasses.replace(loaded, store=store), qv, params, scorer)
-        run = [
-            ScoredDoc(q.query_id, loaded.mapping.doc_ids[doc], float(s))
+        ranked = {
+            q.query_id: ranked_list(r.doc_index, r.scores, loaded.doc_ids)
             for q, r in zip(queries, results, strict=True)
-            for doc, s in zip(r.doc_index, r.scores, strict=True)
-        ]
-        ev = evaluate(run, qrels)
+        }
+        ev = evaluate(scored_docs(ranked), qrels)
         return ev.measures["nDCG@10"], ev.measures["R@100"]
 
     f16_rate = float16_rate(np.ascontiguousarray(tokens[:BLOCK]))

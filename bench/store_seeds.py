@@ -21,10 +21,10 @@ import dataclasses
 import json
 
 import numpy as np
-from ir_measures import ScoredDoc
 
 from colbert_core.data import load_qrels, load_queries
 from colbert_core.evaluation import evaluate
+from colbert_core.evaluation.rundir import scored_docs
 from colbert_core.index import load_index
 from colbert_core.search import (
     CandidateScorer,
@@ -32,6 +32,7 @@ from colbert_core.search import (
     default_params,
     encode_queries,
     load_query_encoder,
+    ranked_list,
     search,
 )
 from colbert_core.tokenstore.pq import PQCodec
@@ -69,12 +70,11 @@ def main() -> None:
 
     def ndcg(store: ResidualStore) -> float:
         results = search(dataclasses.replace(loaded, store=store), qv, params, CandidateScorer())
-        run = [
-            ScoredDoc(q.query_id, loaded.mapping.doc_ids[d], float(s))
+        ranked = {
+            q.query_id: ranked_list(r.doc_index, r.scores, loaded.doc_ids)
             for q, r in zip(queries, results, strict=True)
-            for d, s in zip(r.doc_index, r.scores, strict=True)
-        ]
-        return round(evaluate(run, qrels).measures["nDCG@10"], 4)
+        }
+        return round(evaluate(scored_docs(ranked), qrels).measures["nDCG@10"], 4)
 
     for name in args.codecs.split(","):
         values = []

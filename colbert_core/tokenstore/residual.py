@@ -268,11 +268,9 @@ class ResidualCodec(StoreCodec):
 
     def byte_vectors(self) -> np.ndarray:
         """``(code_bytes, 256, 8 / nbits)`` float32: what value ``v`` of byte ``p`` decodes
-        to - :meth:`byte_weights` for every byte."""
+        to - :meth:`byte_weights` for every byte (a read-only broadcast view)."""
         per = 8 // self.nbits
-        return np.ascontiguousarray(
-            np.broadcast_to(self.byte_weights(), (self.code_bytes, 256, per))
-        )
+        return np.broadcast_to(self.byte_weights(), (self.code_bytes, 256, per))
 
     def decode(self, cids: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Centroid + bucket weights ``(n, dim)`` float32, before the per-token scale."""
