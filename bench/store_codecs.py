@@ -18,7 +18,9 @@ Codecs:
   Decoded here in numpy through a 256-entry byte lookup table.
 * FAISS standalone codecs (``sa_encode``/``sa_decode``) on the same coarse quantizer:
   residual ScalarQuantizer 4 and 8 bit, residual PQ (d/8 and d/4 bytes, or ``--pq-m``),
-  and RaBitQ (``--rabitq-bits``: 1, or more with FAISS >= 1.12's multi-bit RaBitQ).
+  RaBitQ (``--rabitq-bits``: 1, or more with FAISS >= 1.12's multi-bit RaBitQ), and
+  residual product-residual quantisation (``--prq SPLITSxSTAGES``: FAISS's additive
+  ``ProductResidualQuantizer``, beam-searched codes; one byte per stage and split).
 * ``residual OPQ{m}`` and ``residual PCA-balanced PQ{m}`` for each ``--pq-m``: residual PQ
   after a learned rotation (FAISS ``OPQMatrix``, or ``PCAMatrix`` with ``balanced_bins``).
 
@@ -158,6 +160,7 @@ def faiss_codecs(
     sample: np.ndarray,
     pq_m: tuple[int, ...] = (),
     rabitq_bits: tuple[int, ...] = (1,),
+    prq: tuple[tuple[int, int], ...] = (),
 ) -> list[Codec]:
     ip = faiss.METRIC_INNER_PRODUCT
     out = []
@@ -173,6 +176,9 @@ def faiss_codecs(
             idx = faiss.IndexIVFRaBitQ(quantizer, d, nlist, ip, True, bits)
             name = "faiss IVF,RaBitQ" if bits == 1 else f"faiss IVF,RaBitQ{bits}"
             out.append(faiss_codec(name, idx, sample))
+    for splits, stages in prq:
+        idx = faiss.IndexIVFProductResidualQuantizer(quantizer, d, nlist, splits, stages, 8, ip)
+        out.append(faiss_codec(f"faiss IVF,PRQ{splits}x{stages}x8 (residual)", idx, sample))
     return out
 
 
@@ -223,6 +229,11 @@ def main() -> None:
         "--pq-m", default="", help="residual PQ sub-quantizers, comma list (default: d/8,d/4)"
     )
     p.add_argument("--rabitq-bits", default="1", help="RaBitQ bits per dimension, comma list")
+    p.add_argument(
+        "--prq",
+        default="",
+        help="residual product-residual quantizers, comma list of SPLITSxSTAGES (e.g. 16x4)",
+    )
     args = p.parse_args()
 
     loaded = load_index(args.index)
@@ -286,7 +297,8 @@ def main() -> None:
         if not wanted or f"residual PCA-balanced PQ{m}" in wanted
     ]
     rabitq_bits = tuple(int(b) for b in args.rabitq_bits.split(",") if b)
-    codecs += faiss_codecs(quantizer, d, nlist, sample, pq_m, rabitq_bits)
+    prq = tuple(tuple(int(v) for v in spec.split("x")) for spec in args.prq.split(",") if spec)
+    codecs += faiss_codecs(quantizer, d, nlist, sample, pq_m, rabitq_bits, prq)
     train_s = time.perf_counter() - t0
     for codec in codecs:
         if wanted and codec.name not in wanted:
