@@ -21,6 +21,7 @@ from colbert_core.tokenstore.residual import (
     CENTROIDS,
     CIDS,
     CODES,
+    SCALES,
     ResidualCodec,
     ResidualFormatError,
     ResidualStore,
@@ -250,6 +251,25 @@ def test_store_spec_parses_and_refuses_with_the_fix() -> None:
     with pytest.raises(ResidualFormatError, match="multiple of 8"):
         ResidualCodec(np.zeros((1, 12), np.float32), np.zeros(1, np.float32),
                       np.zeros(2, np.float32), 1)  # fmt: skip
+    # The residual's byte packing is refused before training too, naming what fits.
+    with pytest.raises(
+        ConfigError, match=r"--store residual:1: dimension 100 .*use residual:2 or residual:4"
+    ):
+        StoreSpec.parse("residual:1").check(100, 10_000)
+    StoreSpec.parse("residual:2").check(100, 10_000)
+
+
+@pytest.mark.parametrize("nbits", [1, 2, 4, -4])
+def test_a_query_without_tokens_scores_zero_as_on_float16(nbits: int) -> None:
+    rng = np.random.default_rng(3)
+    _, store, x, _ = random_store(rng, nbits, 16, 30, k=4)
+    offsets, cand = np.array([0, 10, 30]), np.array([0, 1])
+    empty = np.zeros((0, 16), np.float32)
+    f16 = CandidateScorer().score(empty, x.astype(np.float16), offsets, cand)
+    got = CandidateScorer().score(empty, store, offsets, cand)
+    assert got.tolist() == f16.tolist() == [0.0, 0.0]
+    # ann.search builds every query's table up front, empty ones included.
+    assert store.lookup_table(empty).shape == (store.codec.code_bytes * 256 + 4, 0)
 
 
 # ------------------------------------------------------------------ build and load
@@ -335,6 +355,24 @@ def test_flat_index_store_trains_its_own_centroids(built) -> None:
     assert (built["flat-r1"] / CENTROIDS).stat().st_size == store["n_centroids"] * DIM * 4
 
 
+@pytest.mark.parametrize("factory", ["OPQ4,IVF16,Flat", "PCA16,IVF16,Flat"])
+def test_pre_transformed_ivf_store_trains_its_own_centroids(
+    corpus: Corpus, tmp_path: Path, factory: str
+) -> None:
+    # The IVF behind an OPQ rotation or a PCA has its centroids in the transformed space:
+    # residuals to them decoded badly (OPQ) or failed after the whole build (PCA).
+    folder = _build(corpus, tmp_path / "idx", IndexConfig(factory=factory, store="residual:2"))
+    loaded = load_index(folder)
+    assert loaded.meta.store["centroids"] == "file"
+    decoded = loaded.store.decode(np.arange(corpus.n_tokens))
+    cosine = (decoded * corpus.tokens.astype(np.float32)).sum(axis=1)
+    assert np.median(cosine) > 0.9, np.median(cosine)
+    # A store that claims this index's quantizer is refused with the fix.
+    _edit_meta(folder, lambda m: m["store"].update(centroids="index"))
+    with pytest.raises(IndexLoadError, match=r"pre-transform .*rebuild the index"):
+        load_index(folder)
+
+
 @pytest.mark.parametrize("name", ["ivf-r2", "flat-r1", "ivf-pq", "flat-pq"])
 def test_search_through_the_store_equals_the_reference(corpus: Corpus, built, name) -> None:
     loaded = load_index(built[name])
@@ -397,6 +435,14 @@ def test_damaged_store_files_are_refused_with_the_fix(built, tmp_path: Path) -> 
     (no_words / CODEBOOKS).unlink()
     with pytest.raises(IndexLoadError, match=r"missing index file .*residual\.codebooks"):
         load_index(no_words)
+
+    # Hashing skipped (verify=False): a damaged scale is still caught before it scores NaN.
+    inf_scale = _copy(built["ivf-r2"], tmp_path / "inf-scale")
+    scales = np.fromfile(inf_scale / SCALES, dtype="<f2")
+    scales[5] = np.inf
+    scales.tofile(inf_scale / SCALES)
+    with pytest.raises(IndexLoadError, match=r"residual\.scales: a scale is not finite"):
+        load_index(inf_scale, verify=False)
 
     other_m = _copy(built["flat-pq"], tmp_path / "other-m")
     _edit_meta(other_m, lambda m: m["store"].update(m=8))  # same codebook bytes, other split

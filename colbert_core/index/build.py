@@ -24,7 +24,7 @@ import numpy as np
 
 from ..embeddings import Embeddings, EmbeddingSource, ShardInfo
 from ..embeddings.manifest import now_iso
-from ..storage import file_entry, is_s3, open_storage, write_bytes_atomic
+from ..storage import file_entry, is_s3, open_storage, replace_durably, write_bytes_atomic
 from ..tokenstore import TOKENS, DocMappingWriter, Float16StoreWriter, open_float16
 from ..tokenstore.residual import write_residual_store
 from ..tokenstore.store import StoreSpec, codec_trainer, store_files
@@ -349,7 +349,7 @@ def _build_local(
     add_s = time.perf_counter() - t0
     tmp_index = out / f".{INDEX_FILE}.tmp"
     faiss.write_index(index, str(tmp_index))
-    tmp_index.replace(out / INDEX_FILE)
+    replace_durably(tmp_index, out / INDEX_FILE)
     files = {INDEX_FILE: FileEntry(**file_entry(out / INDEX_FILE)), **files}  # type: ignore[arg-type]
     store_meta: dict[str, Any] = {"kind": "float16"}
     if token_store.kind != "float16":

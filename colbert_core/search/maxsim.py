@@ -311,7 +311,7 @@ class CandidateScorer:
         :func:`piece_rows`, so the per-document maximum is :func:`max_per_segment`.
         """
         out = np.zeros(len(cand), dtype=np.float32)
-        if len(cand) == 0:
+        if len(cand) == 0 or len(query) == 0:  # a sum over no query tokens, as on float16
             return out
         if self.device.type == "cuda":
             rows, lengths = candidate_rows(offsets, cand)

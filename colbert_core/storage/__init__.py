@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from .atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from .atomic import replace_durably, write_bytes_atomic, write_json_atomic, write_text_atomic
 from .cache import (
     CacheError,
     Expected,
@@ -49,6 +49,7 @@ __all__ = [
     "local_disk_errors",
     "locked",
     "open_storage",
+    "replace_durably",
     "require_reachable",
     "sha256_bytes",
     "sha256_file",

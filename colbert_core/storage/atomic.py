@@ -36,6 +36,21 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         raise
 
 
+def replace_durably(tmp: str | Path, path: str | Path) -> None:
+    """Move a fully written temp file onto ``path`` so that it survives a power loss: its
+    bytes reach the disk before the rename, and the rename before the folder's next file.
+    Streamed writers use it, so an index's ``meta.json`` (written last) never lands beside
+    a data file that was still in the page cache."""
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 

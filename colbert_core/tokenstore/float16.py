@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..storage.atomic import replace_durably
+
 TOKENS = "tokens.f16"
 
 
@@ -39,9 +41,8 @@ class Float16StoreWriter:
 
     def close(self) -> dict[str, int | str]:
         """Move the file into place; returns its ``{"bytes", "sha256"}`` entry."""
-        self._fh.flush()
         self._fh.close()
-        self._tmp.replace(self.folder / TOKENS)
+        replace_durably(self._tmp, self.folder / TOKENS)
         return {"bytes": (self.folder / TOKENS).stat().st_size, "sha256": self._sha256.hexdigest()}
 
     def abort(self) -> None:

@@ -45,6 +45,8 @@ import faiss
 import numpy as np
 import torch
 
+from ..storage.atomic import replace_durably, write_bytes_atomic
+
 logger = logging.getLogger(__name__)
 
 CIDS = "residual.cids"
@@ -164,11 +166,9 @@ class ResidualCodec(StoreCodec):
         super().__post_init__()
         if self.nbits not in NBITS:
             raise ResidualFormatError(f"nbits must be one of {NBITS}, got {self.nbits}")
-        if self.dim % (8 // self.nbits):
-            raise ResidualFormatError(
-                f"dimension {self.dim} is not a multiple of {8 // self.nbits} "
-                f"(dimensions per byte at {self.nbits} bits)"
-            )
+        problem = residual_problem(self.nbits, self.dim)
+        if problem:
+            raise ResidualFormatError(problem)
         n = 1 << self.nbits
         if self.cutoffs.shape != (n - 1,) or self.weights.shape != (n,):
             raise ResidualFormatError(
@@ -278,6 +278,25 @@ class ResidualCodec(StoreCodec):
         return self.centroids[np.asarray(cids, dtype=np.int64)] + residual
 
 
+def residual_problem(nbits: int, dim: int) -> str | None:
+    """Why ``residual:nbits`` cannot code vectors of ``dim``, or ``None``: a byte holds
+    ``8 / nbits`` dimensions, so ``dim`` must be a multiple of that.
+
+    >>> residual_problem(2, 384) is None, residual_problem(1, 100)
+    (True, 'dimension 100 is not a multiple of 8 (dimensions per byte at 1 bit): use residual:2 or residual:4')
+    """
+    per_byte = 8 // nbits
+    if dim % per_byte == 0:
+        return None
+    fits = [f"residual:{b}" for b in NBITS if dim % (8 // b) == 0]
+    hint = f"use {' or '.join(fits)}" if fits else "use pq:M or float16"
+    unit = "bit" if nbits == 1 else "bits"
+    return (
+        f"dimension {dim} is not a multiple of {per_byte} (dimensions per byte at "
+        f"{nbits} {unit}): {hint}"
+    )
+
+
 def nearest_centroids(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Index of the centroid with the largest inner product, per row of ``x``; ``(n,)``."""
     quantizer = faiss.IndexFlatIP(centroids.shape[1])
@@ -290,10 +309,17 @@ def nearest_centroids(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def unit_scales(raw: np.ndarray) -> np.ndarray:
-    """``1 / |row|`` per row of ``raw`` ``(n, dim)``, as float16 (0 for a zero row)."""
+    """``1 / |row|`` per row of ``raw`` ``(n, dim)``, as float16: 0 for a zero row, and at
+    most float16's largest value (65504) for a row shorter than 1/65504, which would
+    otherwise store an infinite scale and score inf or NaN.
+
+    >>> unit_scales(np.array([[3.0, 4.0], [0.0, 0.0], [1e-6, 0.0]])).tolist()
+    [0.199951171875, 0.0, 65504.0]
+    """
     norms = np.linalg.norm(raw.astype(np.float64), axis=1)
     with np.errstate(divide="ignore"):
-        return np.where(norms > 0, 1.0 / norms, 0.0).astype("<f2")
+        scales = np.where(norms > 0, 1.0 / norms, 0.0)
+    return np.minimum(scales, np.finfo(np.float16).max).astype("<f2")
 
 
 class ResidualStoreWriter:
@@ -332,16 +358,14 @@ class ResidualStoreWriter:
         out: dict[str, dict[str, int | str]] = {}
         for name, fh in self._handles.items():
             fh.close()
-            self._files[name].replace(self.folder / name)
+            replace_durably(self._files[name], self.folder / name)
             out[name] = {"bytes": (self.folder / name).stat().st_size}
             out[name]["sha256"] = self._sha[name].hexdigest()
         extra = dict(self.codec.files())
         if self.write_centroids:
             extra[CENTROIDS] = np.ascontiguousarray(self.codec.centroids, dtype="<f4").tobytes()
         for name, raw in extra.items():
-            tmp = self.folder / f".{name}.tmp"
-            tmp.write_bytes(raw)
-            tmp.replace(self.folder / name)
+            write_bytes_atomic(self.folder / name, raw)
             out[name] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
         return out
 
@@ -351,27 +375,56 @@ class ResidualStoreWriter:
             self._files[name].unlink(missing_ok=True)
 
 
-def ivf_assignment(index: faiss.Index) -> np.ndarray | None:
-    """Each token's IVF list in ``index`` (token ids 0..ntotal-1), or ``None`` if the index
-    is not IVF. Read off the inverted lists: FAISS already assigned every token."""
+def token_space_ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The IVF index inside ``index`` whose coarse quantizer works on the token vectors
+    themselves, or ``None``. Behind a pre-transform (an ``OPQ``, ``PCA`` or ``L2norm``
+    factory prefix) the centroids and lists live in the transformed space: residuals to
+    them would be wrong (OPQ) or of the wrong dimension (PCA), so such a store trains its
+    own centroids, as over a non-IVF index."""
+    if isinstance(index, faiss.IndexPreTransform):
+        return None
     ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None or ivf.d != index.d:
+        return None
+    return ivf
+
+
+def ivf_assignment(index: faiss.Index) -> np.ndarray | None:
+    """Each token's IVF list in ``index`` (token ids 0..ntotal-1), int32, or ``None``
+    unless :func:`token_space_ivf` finds one. Read off the inverted lists: FAISS already
+    assigned every token.
+
+    Raises
+    ------
+    ResidualFormatError
+        When the lists do not hold every token id 0..ntotal-1 exactly once.
+    """
+    ivf = token_space_ivf(index)
     if ivf is None:
         return None
-    out = np.full(index.ntotal, -1, dtype=np.int64)
+    out = np.full(index.ntotal, -1, dtype=np.int32)  # 4 bytes, not 8: read at 10^9 tokens
+    seen = 0
     invlists = ivf.invlists
     for lst in range(ivf.nlist):
         size = invlists.list_size(lst)
         if size:
-            ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
-            out[np.asarray(ids, dtype=np.int64)] = lst
-    if np.any(out < 0):
+            ids = np.asarray(faiss.rev_swig_ptr(invlists.get_ids(lst), size), dtype=np.int64)
+            if ids.min() < 0 or ids.max() >= index.ntotal:
+                raise ResidualFormatError(
+                    f"IVF list {lst} holds token id {int(ids.max())} or {int(ids.min())}, "
+                    f"outside 0..{index.ntotal - 1}"
+                )
+            out[ids] = lst
+            seen += size
+    if seen != index.ntotal or np.any(out < 0):
         raise ResidualFormatError("the IVF index does not hold every token id once")
     return out
 
 
 def ivf_centroids(index: faiss.Index) -> np.ndarray | None:
-    """The coarse quantizer's centroids ``(nlist, dim)`` float32, or ``None``."""
-    ivf = faiss.try_extract_index_ivf(index)
+    """The coarse quantizer's centroids ``(nlist, dim)`` float32, or ``None`` unless
+    :func:`token_space_ivf` finds one."""
+    ivf = token_space_ivf(index)
     if ivf is None:
         return None
     return np.ascontiguousarray(ivf.quantizer.reconstruct_n(0, ivf.nlist), dtype=np.float32)
@@ -479,7 +532,8 @@ class ResidualStore:
         table = torch.empty((n_bytes * 256 + self.codec.n_centroids, n_q), dtype=torch.float32)
         # Written in place (a concatenation would copy the table once more).
         # Per byte p: (256, per) @ (per, n_q), batched over p -> (P, 256, n_q).
-        q_bytes = q.reshape(n_q, n_bytes, -1).permute(1, 2, 0)
+        # An explicit width: -1 cannot be inferred for a query with no tokens.
+        q_bytes = q.reshape(n_q, n_bytes, self.codec.dim // n_bytes).permute(1, 2, 0)
         bytes_part = table[: n_bytes * 256].view(n_bytes, 256, n_q)
         torch.bmm(self._byte_vectors, q_bytes, out=bytes_part)
         table[n_bytes * 256 :].copy_(centroid_products)
@@ -578,7 +632,12 @@ def read_centroids(
     if source == "index":
         centroids = ivf_centroids(index)
         if centroids is None:
-            raise ResidualFormatError("the store reads its centroids from an IVF index, not this")
+            raise ResidualFormatError(
+                "the store reads its centroids from the index's coarse quantizer, but the "
+                "index has none over the token vectors (not IVF, or IVF behind a "
+                "pre-transform such as OPQ or PCA, where the store trains its own): "
+                "rebuild the index"
+            )
     elif source == "file":
         raw = np.fromfile(folder / CENTROIDS, dtype="<f4")
         if raw.size != n_centroids * dim:
@@ -594,6 +653,10 @@ def read_centroids(
     return centroids.astype(np.float32)
 
 
+#: Scales checked per block when a store is opened.
+SCALE_CHECK_BLOCK = 1 << 24
+
+
 def open_residual(folder: Path, codec: StoreCodec, n_tokens: int) -> ResidualStore:
     """Map the codes of a store folder (file sizes and hashes already checked) for
     ``codec``.
@@ -601,8 +664,8 @@ def open_residual(folder: Path, codec: StoreCodec, n_tokens: int) -> ResidualSto
     Raises
     ------
     ResidualFormatError
-        When a file's size does not fit ``n_tokens`` and the codec, or a centroid id is
-        out of range.
+        When a file's size does not fit ``n_tokens`` and the codec, a centroid id is out
+        of range or a scale is not finite.
     """
     dtype = cid_dtype(codec.n_centroids)
     cids = _map(folder / CIDS, dtype, (n_tokens,))
@@ -610,6 +673,12 @@ def open_residual(folder: Path, codec: StoreCodec, n_tokens: int) -> ResidualSto
     scales = _map(folder / SCALES, np.dtype("<f2"), (n_tokens,))
     if n_tokens and int(cids.max()) >= codec.n_centroids:
         raise ResidualFormatError(f"{CIDS}: a centroid id is >= {codec.n_centroids}")
+    # As cheap as the id check (one pass over 2 bytes per token, in blocks: no n-long
+    # mask); catches a damaged file opened without hashing (verify=False) before it
+    # scores NaN.
+    for lo in range(0, n_tokens, SCALE_CHECK_BLOCK):
+        if not np.isfinite(scales[lo : lo + SCALE_CHECK_BLOCK]).all():
+            raise ResidualFormatError(f"{SCALES}: a scale is not finite")
     return ResidualStore(codec, cids, codes, scales)
 
 

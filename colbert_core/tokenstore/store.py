@@ -38,6 +38,7 @@ from .residual import (
     StoreCodec,
     open_residual,
     read_centroids,
+    residual_problem,
 )
 
 #: What the exact stage reads: a float16 ``(n_tokens, dim)`` matrix or a residual store.
@@ -112,9 +113,14 @@ class StoreSpec:
         Raises
         ------
         ConfigError
-            For ``pq:M`` with ``M`` not dividing ``dim`` or fewer than 256 tokens.
+            For ``residual:B`` when a byte's ``8 / B`` dimensions do not divide ``dim``,
+            and ``pq:M`` with ``M`` not dividing ``dim`` or fewer than 256 tokens.
         """
-        problem = pq_problem(int(self.m or 0), dim, n_tokens) if self.kind == "pq" else None
+        problem = None
+        if self.kind == "pq":
+            problem = pq_problem(int(self.m or 0), dim, n_tokens)
+        elif self.kind == "residual":
+            problem = residual_problem(int(self.nbits or 0), dim)
         if problem:
             raise ConfigError(f"--store {self}: {problem}")
 
