@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -521,3 +522,58 @@ def test_compressing_a_float16_file_keeps_one_chunk_resident(tmp_path: Path) -> 
     grown_mib = (_rss_file_kb() - before) / 1024
     assert seen == rows
     assert grown_mib < 8, f"{grown_mib:.0f} MiB of the 48 MiB file stayed mapped"
+
+
+# ------------------------------------------------------------------ search settings
+
+
+def test_settings_an_index_cannot_use_are_dropped_and_reported(built, caplog) -> None:
+    from colbert_core.search import default_params
+
+    flat, ivf = load_index(built["flat-r1"]).meta, load_index(built["ivf-f16"]).meta
+    asked = SearchParams(k=300, nprobe=4, ef_search=99, full_scores=64)
+    with caplog.at_level("WARNING", logger="colbert_core.search.ann"):
+        got = default_params(flat, asked)
+    # A flat index has neither IVF lists nor an HNSW graph; its residual store keeps
+    # full_scores.
+    assert (got.nprobe, got.ef_search, got.full_scores) == (None, None, 64)
+    text = caplog.text
+    assert "nprobe=4 is ignored" in text and "ef_search=99 is ignored" in text
+    assert "k=300 is more than max_candidates=256" in text and "full_scores" not in text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="colbert_core.search.ann"):
+        got = default_params(ivf, SearchParams(full_scores=64))
+    assert (got.nprobe, got.full_scores) == (1, None)  # nlist 32: the nlist/512 rule gives 1
+    assert "full_scores=64 is ignored: the index's token store is float16" in caplog.text
+
+
+@pytest.mark.parametrize("factory", ["IVF16_HNSW8,Flat", "PCA16,HNSW8", "HNSW8"])
+def test_ef_search_reaches_every_hnsw_graph(factory: str) -> None:
+    import faiss
+
+    from colbert_core.search.ann import configure, hnsw_graphs
+
+    index = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)
+    configure(index, SearchParams(ef_search=99))
+    graphs = hnsw_graphs(index)
+    assert len(graphs) == 1 and graphs[0].hnsw.efSearch == 99
+
+
+def test_search_without_resolved_settings_uses_the_defaults(corpus: Corpus, built) -> None:
+    # A direct library call with nprobe unset searches with the index's default nprobe,
+    # not with whatever an earlier call left on the FAISS object.
+    loaded = load_index(built["ivf-r2"])
+    rng = np.random.default_rng(4)
+    queries = [corpus.tokens[rng.choice(corpus.n_tokens, 8)].astype(np.float32) for _ in range(5)]
+    params = SearchParams(k=10, k_prime=16, max_candidates=40)
+    first = search(loaded, queries, params)
+    search(loaded, queries, dataclasses.replace(params, nprobe=32))
+    again = search(loaded, queries, params)
+    for a, b in zip(first, again, strict=True):
+        assert a.candidates.tolist() == b.candidates.tolist()
+
+
+def test_store_spellings_are_one_build_option() -> None:
+    assert IndexConfig(store="residual").store == "residual:2"
+    assert IndexConfig(store="PQ:64").store == "pq:64"
+    assert IndexConfig(store="residual:2") == IndexConfig(store="Residual")

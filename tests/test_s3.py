@@ -23,6 +23,7 @@ import pytest
 from conftest import wait_parked
 
 from colbert_core.embeddings import Embeddings
+from colbert_core.index import read_index_mapping
 from colbert_core.storage import S3Storage, StorageError, open_storage
 from jobs.cli import main
 
@@ -393,3 +394,11 @@ def test_pipeline_with_every_stage_on_s3(
     assert f"s3://{BUCKET}/pipe/run-ivfpq/metrics.json" in out
     assert main(["pipeline", str(cfg), "--ray-address", ray_address]) == 0
     assert capsys.readouterr().err.count("is complete, skipping") == 3
+    # The search driver's id check reads the mapping files alone, not the whole index.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COLBERT_BATCH_CACHE", str(tmp_path / "cache"))
+        mapping = read_index_mapping(f"s3://{BUCKET}/pipe/index-ivfpq")
+    assert len(mapping.doc_ids) == len(set(mapping.doc_ids)) > 0
+    cached = {p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+    assert {"doc_offsets.npy", "doc_ids.parquet"} <= cached
+    assert not cached & {"index.faiss", "tokens.f16", "meta.json"}, cached

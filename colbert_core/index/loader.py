@@ -137,10 +137,23 @@ def index_exists(path: str | Path) -> bool:
 
 
 def read_index_mapping(path: str | Path, meta: IndexMeta | None = None) -> DocMapping:
-    """The documents of an index (offsets and ids), validated, without the FAISS index."""
-    folder, _ = _local_folder(path, None)
-    meta = meta or read_index_meta(folder)
-    return _read_mapping(folder, meta, verify=True)
+    """The documents of an index (offsets and ids), validated, without the FAISS index or
+    the token store. For an ``s3://`` index only the two mapping files are fetched, into
+    the node cache's entry for the index (a later :func:`load_index` there reuses them):
+    a search driver that only checks run ids does not download gigabytes it never reads.
+    """
+    meta = meta or read_index_meta(path)
+    if not is_s3(str(path)):
+        return _read_mapping(Path(path), meta, verify=True)
+    storage = S3Storage(str(path))
+    folder = entry_folder(default_cache_dir(), "indexes", storage.uri)
+    expected = {}
+    for name in (OFFSETS, DOC_IDS):
+        entry = _entry(meta, folder, name)
+        expected[name] = Expected(entry.bytes, entry.sha256)
+    with local_disk_errors(storage.uri, folder), locked(folder):
+        fetch_verified(folder, expected, storage.download, storage.describe)
+        return _parse_mapping(folder, meta)
 
 
 def load_index(
@@ -180,7 +193,10 @@ def load_index(
             f"meta.json says {meta.n_tokens} of dim {meta.dim}; rebuild the index"
         )
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise IndexLoadError(f"{folder / INDEX_FILE}: metric is not inner product")
+        raise IndexLoadError(
+            f"{folder / INDEX_FILE}: metric is not inner product (MaxSim needs it; the "
+            "index was not written by `colbert-batch index`): rebuild the index"
+        )
     mapping = _parse_mapping(folder, meta)
     return LoadedIndex(folder, meta, index, _open_store(folder, meta, index), mapping, fetched)
 

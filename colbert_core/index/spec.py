@@ -93,9 +93,12 @@ class IndexConfig:
     def __post_init__(self) -> None:
         check_choice(self, "type", INDEX_TYPES)
         try:
-            StoreSpec.parse(self.store)
+            spec = StoreSpec.parse(self.store)
         except ConfigError as exc:
             raise ConfigError.invalid("store", f"is invalid: {exc}") from exc
+        # One spelling per store ("residual" is "residual:2", "PQ:64" is "pq:64"), so the
+        # recorded build options of equal stores compare equal (no needless rebuild).
+        object.__setattr__(self, "store", str(spec))
         check_choice(self, "hnsw_storage", ("flat", "sq8"))
         check_positive(self, "nlist", "pq_m", "pq_nbits", "hnsw_m", "ef_construction")
         check_positive(self, "train_sample")

@@ -17,8 +17,8 @@ Per query:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +30,8 @@ from ..config import check_positive
 from ..index import IndexMeta, LoadedIndex
 from ..tokenstore import token_to_doc
 from .maxsim import CandidateScorer, rank_candidates
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,17 +73,36 @@ class QueryResult:
 
 
 def configure(index: faiss.Index, params: SearchParams) -> None:
-    """Apply nprobe / efSearch to the index where they mean something."""
+    """Apply nprobe / efSearch to the index where they mean something: ``efSearch`` to
+    every HNSW graph in it (the index itself, behind a pre-transform, or an IVF's coarse
+    quantizer, as in ``IVF4096_HNSW32,PQ24x8``)."""
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and params.nprobe is not None:
         ivf.nprobe = params.nprobe
     if params.ef_search is not None:
-        with contextlib.suppress(AttributeError):
-            faiss.downcast_index(index).hnsw.efSearch = params.ef_search
+        for graph in hnsw_graphs(index):
+            graph.hnsw.efSearch = params.ef_search
+
+
+def hnsw_graphs(index: faiss.Index) -> list[faiss.IndexHNSW]:
+    """The HNSW indexes inside ``index`` whose ``efSearch`` governs a search."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        return hnsw_graphs(index.index)
+    if isinstance(index, faiss.IndexHNSW):
+        return [index]
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if isinstance(quantizer, faiss.IndexHNSW):
+            return [quantizer]
+    return []
 
 
 def default_params(meta: IndexMeta, params: SearchParams) -> SearchParams:
-    """Fill unset nprobe / efSearch from the index type (documented defaults).
+    """Fill unset nprobe / efSearch from the index type (documented defaults), drop the
+    settings this index cannot use, and log both kinds of problem (:func:`param_problems`),
+    so that what a run records is what was applied.
 
     IVF: ``nprobe = nlist / 512`` (at least 1): with ~40-300 tokens per list, the ``k'``
     nearest tokens of a query token sit in its few nearest lists, and the exact MaxSim
@@ -91,12 +112,62 @@ def default_params(meta: IndexMeta, params: SearchParams) -> SearchParams:
     >>> default_nprobe(4096), default_ef_search(SearchParams(k_prime=64))
     (8, 128)
     """
-    nprobe, ef = params.nprobe, params.ef_search
-    if nprobe is None and meta.nlist:
+    for problem in param_problems(meta, params):
+        logger.warning("%s", problem)
+    return resolved_params(meta, params)
+
+
+def param_problems(meta: IndexMeta, params: SearchParams) -> list[str]:
+    """Settings that do not do what they say on this index, each with what happens."""
+    problems = []
+    if params.nprobe is not None and not meta.nlist:
+        problems.append(
+            f"nprobe={params.nprobe} is ignored: the {meta.factory or meta.type} index has "
+            "no IVF lists"
+        )
+    if params.ef_search is not None and not _has_hnsw(meta):
+        problems.append(
+            f"ef_search={params.ef_search} is ignored: the {meta.factory or meta.type} index "
+            "has no HNSW graph"
+        )
+    if params.full_scores is not None and _store_kind(meta) == "float16":
+        problems.append(
+            f"full_scores={params.full_scores} is ignored: the index's token store is "
+            "float16, and the centroid interaction needs a residual or pq store "
+            "(--store at index time); every candidate is scored exactly"
+        )
+    if params.k > params.max_candidates:
+        problems.append(
+            f"k={params.k} is more than max_candidates={params.max_candidates}: at most "
+            f"{params.max_candidates} documents per query come back; raise max_candidates "
+            f"to at least {params.k} for a full top {params.k}"
+        )
+    return problems
+
+
+def resolved_params(meta: IndexMeta, params: SearchParams) -> SearchParams:
+    """:func:`default_params` without the logging: defaults filled, inapplicable
+    settings dropped."""
+    nprobe, ef, full = params.nprobe, params.ef_search, params.full_scores
+    if not meta.nlist:
+        nprobe = None
+    elif nprobe is None:
         nprobe = default_nprobe(meta.nlist)
-    if ef is None and meta.type == "hnsw":
+    if not _has_hnsw(meta):
+        ef = None
+    elif ef is None and meta.type == "hnsw":
         ef = default_ef_search(params)
-    return dataclasses.replace(params, nprobe=nprobe, ef_search=ef)
+    if _store_kind(meta) == "float16":
+        full = None
+    return dataclasses.replace(params, nprobe=nprobe, ef_search=ef, full_scores=full)
+
+
+def _has_hnsw(meta: IndexMeta) -> bool:
+    return meta.type == "hnsw" or "HNSW" in (meta.factory or "").upper()
+
+
+def _store_kind(meta: IndexMeta) -> str:
+    return str(meta.store.get("kind", "float16"))
 
 
 def default_nprobe(nlist: int) -> int:
@@ -119,6 +190,9 @@ def search(
     calls.
     """
     scorer = scorer or CandidateScorer()
+    # Callers resolve (and report) once; this makes a direct call as deterministic,
+    # instead of searching with whatever nprobe the FAISS object last had.
+    params = resolved_params(loaded.meta, params)
     configure(loaded.index, params)
     lengths = [q.shape[0] for q in queries]
     if not queries:

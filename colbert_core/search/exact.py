@@ -169,7 +169,9 @@ def _group_scores(
     tokens = torch.from_numpy(shard.tokens)
     offsets = shard.offsets
     rows = int(q_lengths[g_start:g_end].sum())
-    block_tokens = max(1, memory_budget_bytes // (4 * 2 * max(rows, 1)))
+    # Per block token: its float32 copy (dim values) and its similarities with the
+    # group's query tokens (rows values, twice while the maxima are taken).
+    block_tokens = max(1, memory_budget_bytes // (4 * (2 * max(rows, 1) + shard.tokens.shape[1])))
     g_tokens = q_tokens[int(q_lengths[:g_start].sum()) : int(q_lengths[:g_end].sum())]
     g_scores: list[np.ndarray] = []
     t0, t_end = 0, shard.n_docs

@@ -85,7 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--full-scores",
         type=int,
-        help="residual stores: score exactly only the best candidates by centroid MaxSim "
+        help="residual and pq stores (ignored on float16): score exactly only the best "
+        "candidates by centroid MaxSim "
         "(at least --k; default: all)",
     )
     p.add_argument(
