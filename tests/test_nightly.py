@@ -143,7 +143,11 @@ def test_baseline_run_can_be_named(
     out, suite, planted = _good_and_planted(built_planted, tmp_path)
     assert main(["nightly", str(suite)]) == 0  # nothing accepted yet: no baseline at all
     good_run = History(str(out / "history.parquet")).run_ids()[0]
+    capsys.readouterr()
     assert main(["nightly", str(planted), "--baseline", good_run]) == 1
+    # The planted k above max_candidates is logged once, not once per query chunk (the
+    # CLI's log handler writes to stderr).
+    assert capsys.readouterr().err.count("k=100 is more than max_candidates=8") == 1
     assert main(["nightly", str(planted), "--baseline", "no-such-run"]) == 2
     assert "--baseline no-such-run: no such run" in capsys.readouterr().err
 

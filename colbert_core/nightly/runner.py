@@ -46,6 +46,7 @@ from ..search import (
     exact_search,
     load_query_encoder,
     ranked_list,
+    resolved_params,
     search,
 )
 from ..search.bm25 import bm25_search
@@ -307,6 +308,9 @@ def _timed_search(
     CI when the load changed during the search.) Exact and rerank checks are one batched
     call each, timed as a whole, so they get a sample before and one after.
     """
+    if check.index is not None and check.rerank is None and not check.embeddings:
+        # Reported once per check here; each chunk's search resolves them silently.
+        default_params(cache.index(str(check.index)).meta, check.params)
     samples = [calibration_ms()]
     n = len(prep.queries.queries)
     step = n if check.rerank is not None or check.embeddings else CALIBRATION_EVERY
@@ -362,7 +366,7 @@ def _search(
         }
         return ranked, {q.query_id: each for q in queries}
     loaded = cache.index(str(check.index))
-    params = default_params(loaded.meta, check.params)
+    params = resolved_params(loaded.meta, check.params)
     results = search(loaded, encoded.vectors, params, CandidateScorer())
     enc_each = encoded.seconds * 1000 / max(1, len(queries))
     ranked, latency = {}, {}

@@ -9,7 +9,7 @@
 * :mod:`.bm25` - the BM25 baseline.
 """
 
-from .ann import QueryResult, SearchParams, default_params, search
+from .ann import QueryResult, SearchParams, default_params, resolved_params, search
 from .exact import SearchResult, exact_search, exact_search_prefixes
 from .maxsim import CandidateScorer
 from .queries import (
@@ -39,5 +39,6 @@ __all__ = [
     "load_query_encoder",
     "ranked_list",
     "report_queries",
+    "resolved_params",
     "search",
 ]

@@ -69,14 +69,15 @@ class SearchWorker:
         """Load the index and the query encoder it needs (checked), once; describe them."""
         if self.loaded is None:
             from colbert_core.index import load_index
-            from colbert_core.search import CandidateScorer, default_params, load_query_encoder
+            from colbert_core.search import CandidateScorer, load_query_encoder, resolved_params
 
             from .worker import start_worker_process
 
             start_worker_process(self.torch_threads)
             loaded = load_index(self.index_path)
             self.encoder = load_query_encoder(loaded.meta.encoder, self.model)
-            self.params = default_params(loaded.meta, self.requested)
+            # The driver reported what the index cannot use; every actor would repeat it.
+            self.params = resolved_params(loaded.meta, self.requested)
             self.scorer = CandidateScorer()  # buffers reused by every batch of this actor
             self.node = node_identity()
             self.loaded = loaded
