@@ -116,3 +116,40 @@ def test_an_empty_model_prefix_is_a_clear_error(
     monkeypatch.setenv("COLBERT_BATCH_CACHE", str(tmp_path / "cache"))
     with pytest.raises(CheckpointError, match=r"s3://node-cache/models/nothing-here.*aws s3 sync"):
         load_encoder(f"s3://{BUCKET}/models/nothing-here/")
+
+
+def test_an_s3_index_is_opened_under_its_cache_entry_lock(
+    s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process fetching a rebuilt index at the same URI replaces the entry's files
+    under the lock; opening them under it too means one load never pairs two versions."""
+    import fcntl
+
+    from test_index import make_clustered_root
+
+    from colbert_core.index import IndexConfig, build_index, load_index, loader
+
+    corpus = make_clustered_root(tmp_path / "root", shard_docs=(40, 30))
+    spec = IndexConfig(nlist=16, pq_m=8, pq_nbits=6).resolve(n_tokens=corpus.n_tokens, dim=32)
+    build_index(str(corpus.root), str(tmp_path / "idx"), spec)
+    client = s3_server.client()
+    ensure_bucket(client, BUCKET)
+    upload_folder(client, tmp_path / "idx", BUCKET, "indexes/locked")
+    monkeypatch.setenv("COLBERT_BATCH_CACHE", str(tmp_path / "cache"))
+    held: list[bool] = []
+    open_folder = loader._open_folder
+
+    def probing(folder: Path, *args: Any) -> Any:
+        with (folder.parent / f"{folder.name}.lock").open("a") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(True)  # the loader holds it
+            else:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                held.append(False)
+        return open_folder(folder, *args)
+
+    monkeypatch.setattr(loader, "_open_folder", probing)
+    loaded = load_index(f"s3://{BUCKET}/indexes/locked")
+    assert loaded.meta.n_tokens == corpus.n_tokens and held == [True]

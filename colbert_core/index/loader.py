@@ -176,7 +176,19 @@ def load_index(
     Whether the index's model matches a query encoder is checked where the encoder is
     loaded (:func:`colbert_core.search.queries.load_query_encoder`).
     """
-    folder, fetched = _local_folder(path, cache_dir)
+    if not is_s3(str(path)):
+        return _open_folder(Path(path), None, verify)
+    storage = S3Storage(str(path))
+    folder = entry_folder(cache_dir or default_cache_dir(), "indexes", storage.uri)
+    with local_disk_errors(storage.uri, folder), locked(folder):
+        # Opened under the entry's lock: another process on this node fetching a rebuilt
+        # index at the same URI replaces files (by rename) only after we hold our copies
+        # (read, or memory-mapped by inode), so meta.json and every file are one version.
+        return _open_folder(folder, _download(storage, folder), verify)
+
+
+def _open_folder(folder: Path, fetched: FetchReport | None, verify: bool) -> LoadedIndex:
+    """:func:`load_index` of a local folder; ``fetched``: what the cache fetch just did."""
     meta = read_index_meta(folder)
     # Files the cache fetch just hashed against this meta.json are not hashed again.
     hashed = set(fetched.downloaded + fetched.reused) if fetched is not None else set()
@@ -225,13 +237,6 @@ def _open_store(folder: Path, meta: IndexMeta, index: faiss.Index) -> TokenStore
         raise IndexLoadError(f"{folder / TOKENS}: {exc}; rebuild the index") from exc
 
 
-def _local_folder(path: str | Path, cache_dir: Path | None) -> tuple[Path, FetchReport | None]:
-    if is_s3(str(path)):
-        report = _download(str(path), cache_dir or default_cache_dir())
-        return report.folder, report
-    return Path(path), None
-
-
 def _entry(meta: IndexMeta, folder: Path, name: str) -> FileEntry:
     entry = meta.files.get(name)
     if entry is None:
@@ -272,21 +277,19 @@ def _check_file(path: Path, entry: FileEntry, verify: bool) -> None:
         raise IndexLoadError(f"{path}: sha256 differs from meta.json (corrupt); rebuild the index")
 
 
-def _download(uri: str, cache_dir: Path) -> FetchReport:
-    """Copy an S3 index into the node cache, once per node, and return what was done.
+def _download(storage: S3Storage, folder: Path) -> FetchReport:
+    """Copy an S3 index into its node-cache entry ``folder`` (the caller holds the
+    entry's :func:`locked`), once per node, and return what was done.
 
     Every file is checked against the sizes and sha256 of the index's own ``meta.json``;
-    the cached ``meta.json`` is replaced last, under the entry's lock.
+    the cached ``meta.json`` is replaced last.
     """
-    storage = S3Storage(uri)
     try:
         raw_meta = storage.get(META)
     except FileNotFoundError as exc:
         raise IndexLoadError(f"{storage.describe(META)} not found: not a complete index") from exc
     meta = IndexMeta.from_json(raw_meta, storage.describe(META))
-    folder = entry_folder(cache_dir, "indexes", storage.uri)  # one entry per index
     expected = {name: Expected(e.bytes, e.sha256) for name, e in meta.files.items()}
-    with local_disk_errors(storage.uri, folder), locked(folder):
-        report = fetch_verified(folder, expected, storage.download, storage.describe)
-        write_bytes_atomic(folder / META, raw_meta)
+    report = fetch_verified(folder, expected, storage.download, storage.describe)
+    write_bytes_atomic(folder / META, raw_meta)
     return report
