@@ -12,6 +12,8 @@ store is memory-mapped with numpy.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,12 +148,11 @@ def read_index_mapping(path: str | Path, meta: IndexMeta | None = None) -> DocMa
     if not is_s3(str(path)):
         return _read_mapping(Path(path), meta, verify=True)
     storage = S3Storage(str(path))
-    folder = entry_folder(default_cache_dir(), "indexes", storage.uri)
-    expected = {}
-    for name in (OFFSETS, DOC_IDS):
-        entry = _entry(meta, folder, name)
-        expected[name] = Expected(entry.bytes, entry.sha256)
-    with local_disk_errors(storage.uri, folder), locked(folder):
+    with _cache_entry(storage, None) as folder:
+        expected = {}
+        for name in (OFFSETS, DOC_IDS):
+            entry = _entry(meta, folder, name)
+            expected[name] = Expected(entry.bytes, entry.sha256)
         fetch_verified(folder, expected, storage.download, storage.describe)
         return _parse_mapping(folder, meta)
 
@@ -179,12 +180,19 @@ def load_index(
     if not is_s3(str(path)):
         return _open_folder(Path(path), None, verify)
     storage = S3Storage(str(path))
-    folder = entry_folder(cache_dir or default_cache_dir(), "indexes", storage.uri)
-    with local_disk_errors(storage.uri, folder), locked(folder):
+    with _cache_entry(storage, cache_dir) as folder:
         # Opened under the entry's lock: another process on this node fetching a rebuilt
         # index at the same URI replaces files (by rename) only after we hold our copies
         # (read, or memory-mapped by inode), so meta.json and every file are one version.
         return _open_folder(folder, _download(storage, folder), verify)
+
+
+@contextmanager
+def _cache_entry(storage: S3Storage, cache_dir: Path | None) -> Iterator[Path]:
+    """The node-cache folder of an S3 index, held under its lock (one entry per URI)."""
+    folder = entry_folder(cache_dir or default_cache_dir(), "indexes", storage.uri)
+    with local_disk_errors(storage.uri, folder), locked(folder):
+        yield folder
 
 
 def _open_folder(folder: Path, fetched: FetchReport | None, verify: bool) -> LoadedIndex:
