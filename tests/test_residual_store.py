@@ -14,7 +14,7 @@ from test_index import DIM, Corpus, make_clustered_root
 
 from colbert_core.errors import ConfigError
 from colbert_core.index import META, IndexConfig, IndexLoadError, build_index, load_index
-from colbert_core.search import SearchParams, search
+from colbert_core.search import SearchParams, search, warm
 from colbert_core.search.maxsim import CandidateScorer, maxsim_reference
 from colbert_core.tokenstore import TOKENS
 from colbert_core.tokenstore.pq import CODEBOOKS, PQCodec
@@ -404,6 +404,27 @@ def test_search_with_full_scores_returns_k_exactly_scored_documents(corpus: Corp
         assert len(b.doc_index) == 10 and b.candidates.tolist() == a.candidates.tolist()
         exact = CandidateScorer().score(q, loaded.store, loaded.doc_offsets, b.doc_index)
         np.testing.assert_allclose(b.scores, exact, rtol=1e-6)
+
+
+def test_warm_collects_the_document_centroids_before_the_first_search(
+    corpus: Corpus, built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import colbert_core.tokenstore.residual as residual
+
+    loaded = load_index(built["ivf-r2"])
+    params = SearchParams(k=10, k_prime=16, max_candidates=40, full_scores=4)
+    warm(loaded, params)
+
+    def on_the_clock(*_: object) -> None:
+        raise AssertionError("the document centroids were collected during a search")
+
+    monkeypatch.setattr(residual, "distinct_per_segment", on_the_clock)
+    queries = [corpus.tokens[:8].astype(np.float32)]
+    assert len(search(loaded, queries, params)[0].doc_index) == 10
+    # Without full_scores nothing is collected (warm and search never ask for them).
+    fresh = load_index(built["ivf-r2"])
+    warm(fresh, dataclasses.replace(params, full_scores=None))
+    search(fresh, queries, dataclasses.replace(params, full_scores=None))
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -340,6 +340,29 @@ def test_pq_store_searches_like_float16_through_actors_and_rerank(
     _rerank_reads_the_store(residual_pair, "pq:48", tmp_path, f16["measures"]["nDCG@10"])
 
 
+def test_search_actor_collects_the_document_centroids_before_its_first_batch(
+    residual_pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The actor's first batch is timed: ``--full-scores`` setup belongs in ``start``."""
+    import colbert_core.tokenstore.residual as residual
+    from colbert_core.data import Query
+    from colbert_core.search import SearchParams
+    from jobs.cluster.search_actors import QueryBatch, SearchWorker
+
+    worker = SearchWorker(
+        str(residual_pair["residual:2"]), None, SearchParams(full_scores=100), None
+    )
+    worker.start()
+
+    def on_the_clock(*_: object) -> None:
+        raise AssertionError("the document centroids were collected in a timed batch")
+
+    monkeypatch.setattr(residual, "distinct_per_segment", on_the_clock)
+    batch = QueryBatch(0, (Query("q1", "vitamin D deficiency"),))
+    (answer,) = worker.search(batch)
+    assert answer.query_id == "q1" and len(answer.ranked) == 100
+
+
 def _rerank_reads_the_store(pair: dict[str, Path], store: str, runs: Path, f16_ndcg: float) -> None:
     """rerank over the ``store`` index reorders the float16 run's top 100 (in
     ``runs / "float16"``) with the scores the search over that index gave (``runs / store``)."""

@@ -9,7 +9,7 @@
 * :mod:`.bm25` - the BM25 baseline.
 """
 
-from .ann import QueryResult, SearchParams, default_params, resolved_params, search
+from .ann import QueryResult, SearchParams, default_params, resolved_params, search, warm
 from .exact import SearchResult, exact_search, exact_search_prefixes
 from .maxsim import CandidateScorer
 from .queries import (
@@ -41,4 +41,5 @@ __all__ = [
     "report_queries",
     "resolved_params",
     "search",
+    "warm",
 ]

@@ -547,8 +547,8 @@ class ResidualStore:
         The centroid interaction takes a maximum over a document's tokens' centroids, and
         a document's tokens share about half of them (SciFact: 48% are distinct), so it
         reads these instead of every token's id. Built on first use for ``offsets`` (the
-        index's token -> document offsets; ~2 s per 10M tokens) and kept: 1-2 bytes per
-        token of uint16 ids.
+        index's token -> document offsets; ~2 s per 10M tokens; ``search.warm`` does it
+        before any query is timed) and kept: 1-2 bytes per token of uint16 ids.
         """
         cached = self._doc_centroids
         if cached is None or cached[0] is not offsets:

@@ -69,7 +69,12 @@ class SearchWorker:
         """Load the index and the query encoder it needs (checked), once; describe them."""
         if self.loaded is None:
             from colbert_core.index import load_index
-            from colbert_core.search import CandidateScorer, load_query_encoder, resolved_params
+            from colbert_core.search import (
+                CandidateScorer,
+                load_query_encoder,
+                resolved_params,
+                warm,
+            )
 
             from .worker import start_worker_process
 
@@ -78,6 +83,7 @@ class SearchWorker:
             self.encoder = load_query_encoder(loaded.meta.encoder, self.model)
             # The driver reported what the index cannot use; every actor would repeat it.
             self.params = resolved_params(loaded.meta, self.requested)
+            warm(loaded, self.params)  # before the first batch, whose queries are timed
             self.scorer = CandidateScorer()  # buffers reused by every batch of this actor
             self.node = node_identity()
             self.loaded = loaded
