@@ -191,6 +191,33 @@ def test_a_run_killed_midway_leaves_the_history_unchanged(
     assert len(History(str(history)).rows()) == 2
 
 
+def test_checks_over_the_same_queries_share_one_encoding(
+    built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The suite's two checks (IVF-PQ and exact) encode their 30 queries once per run, and
+    each check's latency still counts every query's share of that encoding."""
+    import dataclasses
+
+    import colbert_core.nightly.runner as runner
+
+    calls = []
+
+    def slow_encode(encoder, queries):
+        calls.append(len(queries))
+        # As if each query took 1 s to encode: both checks' latencies must show it.
+        return dataclasses.replace(real(encoder, queries), seconds=float(len(queries)))
+
+    real = runner.encode_queries
+    monkeypatch.setattr(runner, "encode_queries", slow_encode)
+    out = tmp_path / "out"
+    assert main(["nightly", str(write_suite(tmp_path / "suite.yaml", built, out, GOOD))]) == 0
+    assert calls == [30]
+    rows = History(str(out / "history.parquet")).rows()
+    assert {r.check for r in rows} == {"ivfpq", "exact"}
+    for r in rows:
+        assert 1000 <= r.latency_ms["p50"] < 1000 + 1000, r.check
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_concurrent_appends_lose_nothing(
     tmp_path: Path, request: pytest.FixtureRequest, where: str

@@ -3,7 +3,8 @@ models and indexes, judge it, append the run to the history, write the report.
 
 Checks that share an index or a model share one loaded copy (:class:`WarmCache`): a suite
 pays start-up once, not once per check. Nothing is re-encoded: checks read stored indexes,
-embeddings and runs.
+embeddings and runs, and checks with the same query encoder and queries share one encoding
+(each query's latency still counts its share of the encoding time).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ..evaluation.regression import MeasureVerdict, judge_latency, judge_measure
 from ..index import LoadedIndex, load_index, read_index_meta_with_sha256
 from ..search import (
     CandidateScorer,
+    EncodedQueries,
     Ranked,
     default_params,
     encode_queries,
@@ -66,6 +68,7 @@ class WarmCache:
         self._encoders: dict[tuple[str, str], ColBERTEncoder] = {}
         self._indexes: dict[str, LoadedIndex] = {}
         self._embeddings: dict[str, Embeddings] = {}
+        self._encoded: dict[tuple[int, tuple[tuple[str, str], ...]], EncodedQueries] = {}
 
     def encoder(self, recorded: EncoderRecord) -> ColBERTEncoder:
         """The suite's model as the query encoder of ``recorded``'s documents (checked)."""
@@ -73,6 +76,14 @@ class WarmCache:
         if key not in self._encoders:
             self._encoders[key] = load_query_encoder(recorded, self.model)
         return self._encoders[key]
+
+    def encoded(self, encoder: ColBERTEncoder, queries: list[Query]) -> EncodedQueries:
+        """``queries`` encoded by ``encoder``, once per run for every check that asks for
+        the same texts with the same encoder."""
+        key = (id(encoder), tuple((q.query_id, q.text) for q in queries))
+        if key not in self._encoded:
+            self._encoded[key] = encode_queries(encoder, queries)
+        return self._encoded[key]
 
     def index(self, path: str) -> LoadedIndex:
         if path not in self._indexes:
@@ -239,7 +250,7 @@ def _run_check(
     baseline: HistoryRow | None,
     folder: str,
 ) -> CheckOutcome:
-    _search(check, _slice(prep, 0, 2), cache)  # warm-up: page in the index, allocate buffers
+    _search(check, prep, cache, slice(0, 2))  # warm-up: page in the index, allocate buffers
     ranked, latency, calibration = _timed_search(check, prep, cache)
     check_folder = join_uri(folder, "checks", check.name)
     _, ev = write_run_folder(
@@ -285,13 +296,6 @@ def _run_check(
     return CheckOutcome(check, row, verdicts, latency_reasons, baseline, worst, check_folder)
 
 
-def _slice(prep: _Prepared, start: int, stop: int) -> _Prepared:
-    """``prep`` with only its queries ``start:stop``."""
-    chunk = prep.queries.queries[start:stop]
-    queries = LoadedQueries(chunk, prep.queries.qrels, prep.queries.rejects)
-    return _Prepared(queries, prep.encoder, prep.source_sha256, prep.given)
-
-
 #: Queries of an index check searched between two calibration samples.
 CALIBRATION_EVERY = 32
 
@@ -317,7 +321,7 @@ def _timed_search(
     ranked: dict[str, Ranked] = {}
     latency: dict[str, float] = {}
     for start in range(0, n, max(1, step)):
-        chunk_ranked, chunk_latency = _search(check, _slice(prep, start, start + step), cache)
+        chunk_ranked, chunk_latency = _search(check, prep, cache, slice(start, start + step))
         ranked.update(chunk_ranked)
         latency.update(chunk_latency)
         samples.append(calibration_ms())
@@ -346,31 +350,35 @@ def _judge(
 
 
 def _search(
-    check: Check, prep: _Prepared, cache: WarmCache
+    check: Check, prep: _Prepared, cache: WarmCache, chunk: slice
 ) -> tuple[dict[str, Ranked], dict[str, float]]:
-    """The check's ranked lists and each query's latency in ms."""
-    queries = prep.queries.queries
+    """The ranked lists of the check's queries ``chunk`` and each one's latency in ms: its
+    share of the (shared, untimed here) encoding plus the search."""
+    every = prep.queries.queries
+    encoded = cache.encoded(prep.encoder, every)
+    enc_each = encoded.seconds * 1000 / max(1, len(every))
+    query_ids, vectors = encoded.query_ids[chunk], encoded.vectors[chunk]
+    n = max(1, len(query_ids))
     t0 = time.perf_counter()
-    encoded = encode_queries(prep.encoder, queries)
     if check.rerank is not None:
-        ranked = _rerank(check, encoded.by_id(), prep.given or {}, cache)
-        each = (time.perf_counter() - t0) * 1000 / max(1, len(queries))
-        return ranked, {q.query_id: each for q in queries}
+        by_id = dict(zip(query_ids, vectors, strict=True))
+        ranked = _rerank(check, by_id, prep.given or {}, cache)
+        each = enc_each + (time.perf_counter() - t0) * 1000 / n
+        return ranked, dict.fromkeys(query_ids, each)
     if check.embeddings:
         store = cache.embeddings(check.embeddings)
-        result = exact_search(store, encoded.vectors, k=check.params.k)
-        each = (time.perf_counter() - t0) * 1000 / max(1, len(queries))
+        result = exact_search(store, vectors, k=check.params.k)
+        each = enc_each + (time.perf_counter() - t0) * 1000 / n
         ranked = {
             qid: ranked_list(result.doc_index[i], result.scores[i], result.doc_ids)
-            for i, qid in enumerate(encoded.query_ids)
+            for i, qid in enumerate(query_ids)
         }
-        return ranked, {q.query_id: each for q in queries}
+        return ranked, dict.fromkeys(query_ids, each)
     loaded = cache.index(str(check.index))
     params = resolved_params(loaded.meta, check.params)
-    results = search(loaded, encoded.vectors, params, CandidateScorer())
-    enc_each = encoded.seconds * 1000 / max(1, len(queries))
+    results = search(loaded, vectors, params, CandidateScorer())
     ranked, latency = {}, {}
-    for qid, r in zip(encoded.query_ids, results, strict=True):
+    for qid, r in zip(query_ids, results, strict=True):
         ranked[qid] = ranked_list(r.doc_index, r.scores, loaded.doc_ids)
         latency[qid] = enc_each + 1000 * sum(r.timings.values())
     return ranked, latency
