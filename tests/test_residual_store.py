@@ -427,6 +427,28 @@ def test_warm_collects_the_document_centroids_before_the_first_search(
     search(fresh, queries, dataclasses.replace(params, full_scores=None))
 
 
+def test_k_prime_above_the_token_count_asks_faiss_for_every_token_only(
+    corpus: Corpus, built
+) -> None:
+    """Hits beyond the index's tokens are FAISS's -1 padding: a k_prime of a million over
+    this index's tokens gives the same results without a (queries x 1M) hit array."""
+    import tracemalloc
+
+    loaded = load_index(built["ivf-f16"])
+    queries = [corpus.tokens[:8].astype(np.float32)]
+    every = SearchParams(k=10, k_prime=loaded.index.ntotal, max_candidates=1000, nprobe=32)
+    want = search(loaded, queries, every)[0]
+    tracemalloc.start()
+    try:
+        got = search(loaded, queries, dataclasses.replace(every, k_prime=1_000_000))[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got.doc_index.tolist() == want.doc_index.tolist()
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert peak < 8 * 1_000_000 * 12 // 4, peak  # unclamped: 232 MB (hits, ids, documents)
+
+
 def _copy(src: Path, dst: Path) -> Path:
     import shutil
 

@@ -272,8 +272,20 @@ def residual_pair(datasets_dir: Path, ray_address: str, tmp_path_factory) -> dic
     return out
 
 
+@pytest.fixture(scope="module")
+def float16_run(residual_pair, ray_address: str, tmp_path_factory) -> Path:
+    """The float16 index searched through two actors: the run each store is compared with
+    (its ``metrics.json`` and ``run.trec``)."""
+    out = tmp_path_factory.mktemp("float16-run")
+    _search(
+        None, residual_pair["beir"], out, ray_address,
+        "--index", str(residual_pair["float16"]), "--workers", "2",
+    )  # fmt: skip
+    return out
+
+
 def test_residual_store_searches_like_float16_through_actors_and_rerank(
-    residual_pair, ray_address: str, tmp_path: Path
+    residual_pair, float16_run: Path, ray_address: str, tmp_path: Path
 ) -> None:
     from colbert_core.index import load_index
 
@@ -283,20 +295,18 @@ def test_residual_store_searches_like_float16_through_actors_and_rerank(
     assert res_idx.meta.files["index.faiss"] == f16_idx.meta.files["index.faiss"]
     f16_bytes = f16_idx.meta.bytes_per_token["token_store"]
     assert res_idx.meta.bytes_per_token["token_store"] == 384 // 4 + 4 < f16_bytes / 7
-    runs = {}
-    for store in ("float16", "residual:2"):
-        runs[store] = _search(
-            None, subset, tmp_path / store, ray_address,
-            "--index", str(residual_pair[store]), "--workers", "2",
-        )  # fmt: skip
-    f16, res = runs["float16"], runs["residual:2"]
+    f16 = json.loads((float16_run / "metrics.json").read_text())
+    res = _search(
+        None, subset, tmp_path / "residual:2", ray_address,
+        "--index", str(residual_pair["residual:2"]), "--workers", "2",
+    )  # fmt: skip
     assert (f16["params"]["store"], res["params"]["store"]) == ("float16", "residual:2")
     assert res["workers"]["actors"] == 2 and res["queries"] == 150
     # Same FAISS index, same candidates; exact MaxSim over 2-bit residuals ranks them
     # almost as the float16 vectors do.
     assert res["candidate_recall"] == f16["candidate_recall"]
     assert abs(res["measures"]["nDCG@10"] - f16["measures"]["nDCG@10"]) <= 0.01
-    _rerank_reads_the_store(residual_pair, "residual:2", tmp_path, f16["measures"]["nDCG@10"])
+    _rerank_reads_the_store(residual_pair, "residual:2", tmp_path, float16_run)
     # --full-scores: the actors score exactly only the best 100 of the 256 candidates by
     # centroid MaxSim; quality holds and every returned score is still the exact one.
     pruned = _search(
@@ -316,7 +326,7 @@ def test_residual_store_searches_like_float16_through_actors_and_rerank(
 
 
 def test_pq_store_searches_like_float16_through_actors_and_rerank(
-    residual_pair, ray_address: str, tmp_path: Path
+    residual_pair, float16_run: Path, ray_address: str, tmp_path: Path
 ) -> None:
     from colbert_core.index import load_index
 
@@ -327,17 +337,15 @@ def test_pq_store_searches_like_float16_through_actors_and_rerank(
         pq_idx.meta.files["index.faiss"]
         == load_index(residual_pair["float16"]).meta.files["index.faiss"]
     )
-    runs = {}
-    for store, extra in (("float16", ()), ("pq:48", ("--full-scores", "100"))):
-        runs[store] = _search(
-            None, subset, tmp_path / store, ray_address,
-            "--index", str(residual_pair[store]), "--workers", "2", *extra,
-        )  # fmt: skip
-    f16, pq = runs["float16"], runs["pq:48"]
+    f16 = json.loads((float16_run / "metrics.json").read_text())
+    pq = _search(
+        None, subset, tmp_path / "pq:48", ray_address,
+        "--index", str(residual_pair["pq:48"]), "--workers", "2", "--full-scores", "100",
+    )  # fmt: skip
     assert pq["params"]["store"] == "pq:48" and pq["queries"] == 150
     assert pq["candidate_recall"] == f16["candidate_recall"]
     assert abs(pq["measures"]["nDCG@10"] - f16["measures"]["nDCG@10"]) <= 0.01
-    _rerank_reads_the_store(residual_pair, "pq:48", tmp_path, f16["measures"]["nDCG@10"])
+    _rerank_reads_the_store(residual_pair, "pq:48", tmp_path, float16_run)
 
 
 def test_search_actor_collects_the_document_centroids_before_its_first_batch(
@@ -363,11 +371,12 @@ def test_search_actor_collects_the_document_centroids_before_its_first_batch(
     assert answer.query_id == "q1" and len(answer.ranked) == 100
 
 
-def _rerank_reads_the_store(pair: dict[str, Path], store: str, runs: Path, f16_ndcg: float) -> None:
-    """rerank over the ``store`` index reorders the float16 run's top 100 (in
-    ``runs / "float16"``) with the scores the search over that index gave (``runs / store``)."""
+def _rerank_reads_the_store(pair: dict[str, Path], store: str, runs: Path, f16: Path) -> None:
+    """rerank over the ``store`` index reorders the float16 run's top 100 (in ``f16``) with
+    the scores the search over that index gave (``runs / store``)."""
+    f16_ndcg = json.loads((f16 / "metrics.json").read_text())["measures"]["nDCG@10"]
     out = runs / "rerank"
-    argv = ["rerank", "--run", str(runs / "float16" / "run.trec"), "--index", str(pair[store]),
+    argv = ["rerank", "--run", str(f16 / "run.trec"), "--index", str(pair[store]),
             "--queries", str(pair["beir"]), "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     m = json.loads((out / "metrics.json").read_text())

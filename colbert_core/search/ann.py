@@ -215,7 +215,10 @@ def search(
         return []
     flat = np.ascontiguousarray(np.concatenate(queries), dtype=np.float32)
     t0 = time.perf_counter()
-    sims, token_ids = loaded.index.search(flat, params.k_prime)
+    # More hits than the index has tokens only pads with -1: a k_prime of 100,000 over
+    # 20,000 tokens would allocate 12 bytes per padded hit per query token.
+    k_prime = min(params.k_prime, max(1, loaded.index.ntotal))
+    sims, token_ids = loaded.index.search(flat, k_prime)
     ann_s = time.perf_counter() - t0
     docs = token_to_doc(loaded.doc_offsets, token_ids)
     results: list[QueryResult] = []
