@@ -14,7 +14,7 @@ from test_index import DIM, Corpus, make_clustered_root
 
 from colbert_core.errors import ConfigError
 from colbert_core.index import META, IndexConfig, IndexLoadError, build_index, load_index
-from colbert_core.search import SearchParams, search, warm
+from colbert_core.search import SearchParams, resolved_params, search, warm
 from colbert_core.search.maxsim import CandidateScorer, maxsim_reference
 from colbert_core.tokenstore import TOKENS
 from colbert_core.tokenstore.pq import CODEBOOKS, PQCodec
@@ -421,10 +421,12 @@ def test_warm_collects_the_document_centroids_before_the_first_search(
     monkeypatch.setattr(residual, "distinct_per_segment", on_the_clock)
     queries = [corpus.tokens[:8].astype(np.float32)]
     assert len(search(loaded, queries, params)[0].doc_index) == 10
-    # Without full_scores nothing is collected (warm and search never ask for them).
-    fresh = load_index(built["ivf-r2"])
-    warm(fresh, dataclasses.replace(params, full_scores=None))
-    search(fresh, queries, dataclasses.replace(params, full_scores=None))
+    # Nothing is collected without full_scores, nor when it keeps every candidate that can
+    # arrive (warm and search never ask for them then).
+    for unused in (None, params.max_candidates):
+        fresh = load_index(built["ivf-r2"])
+        warm(fresh, dataclasses.replace(params, full_scores=unused))
+        search(fresh, queries, dataclasses.replace(params, full_scores=unused))
 
 
 def test_k_prime_above_the_token_count_asks_faiss_for_every_token_only(
@@ -437,6 +439,9 @@ def test_k_prime_above_the_token_count_asks_faiss_for_every_token_only(
     loaded = load_index(built["ivf-f16"])
     queries = [corpus.tokens[:8].astype(np.float32)]
     every = SearchParams(k=10, k_prime=loaded.index.ntotal, max_candidates=1000, nprobe=32)
+    # The recorded settings say what ran.
+    huge = dataclasses.replace(every, k_prime=1_000_000)
+    assert resolved_params(loaded.meta, huge).k_prime == loaded.n_tokens
     want = search(loaded, queries, every)[0]
     tracemalloc.start()
     try:

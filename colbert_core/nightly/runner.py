@@ -4,7 +4,8 @@ models and indexes, judge it, append the run to the history, write the report.
 Checks that share an index or a model share one loaded copy (:class:`WarmCache`): a suite
 pays start-up once, not once per check. Nothing is re-encoded: checks read stored indexes,
 embeddings and runs, and checks with the same query encoder and queries share one encoding
-(each query's latency still counts its share of the encoding time).
+(each query's latency still counts its share of the encoding time, see
+:class:`SharedEncoding`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from ..search import (
     ranked_list,
     resolved_params,
     search,
+    warm,
 )
 from ..search.bm25 import bm25_search
 from ..search.maxsim import calibration_ms
@@ -60,6 +62,30 @@ from .suite import Check, Rerank, Suite, SuiteError
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class SharedEncoding:
+    """A query set encoded once per run for every check that uses it, timed together with
+    the calibration around it.
+
+    A check adds each query's share of the encoding to its latency in the check's own
+    calibration units, :meth:`share_ms`: a burst of load between the encoding and a later
+    check then moves neither that check's ratio p50 / calibration nor its verdict.
+    """
+
+    queries: EncodedQueries
+    calibration_ms: float
+
+    def share_ms(self, calibration: float) -> float:
+        """Each query's encoding time (ms), rescaled to a check timed at ``calibration``.
+
+        >>> enc = EncodedQueries(["a", "b"], [], seconds=0.010)
+        >>> SharedEncoding(enc, calibration_ms=2.0).share_ms(4.0)
+        10.0
+        """
+        each = self.queries.seconds * 1000 / max(1, len(self.queries.query_ids))
+        return each * calibration / self.calibration_ms if self.calibration_ms > 0 else each
+
+
 class WarmCache:
     """Loaded query encoders, indexes and embeddings, shared by the checks of a run."""
 
@@ -68,7 +94,8 @@ class WarmCache:
         self._encoders: dict[tuple[str, str], ColBERTEncoder] = {}
         self._indexes: dict[str, LoadedIndex] = {}
         self._embeddings: dict[str, Embeddings] = {}
-        self._encoded: dict[tuple[int, tuple[tuple[str, str], ...]], EncodedQueries] = {}
+        self._encoded: dict[tuple[int, tuple[tuple[str, str], ...]], SharedEncoding] = {}
+        self._warm_encoders: set[int] = set()
 
     def encoder(self, recorded: EncoderRecord) -> ColBERTEncoder:
         """The suite's model as the query encoder of ``recorded``'s documents (checked)."""
@@ -77,12 +104,19 @@ class WarmCache:
             self._encoders[key] = load_query_encoder(recorded, self.model)
         return self._encoders[key]
 
-    def encoded(self, encoder: ColBERTEncoder, queries: list[Query]) -> EncodedQueries:
+    def encoded(self, encoder: ColBERTEncoder, queries: list[Query]) -> SharedEncoding:
         """``queries`` encoded by ``encoder``, once per run for every check that asks for
-        the same texts with the same encoder."""
+        the same ids and texts with the same encoder."""
         key = (id(encoder), tuple((q.query_id, q.text) for q in queries))
         if key not in self._encoded:
-            self._encoded[key] = encode_queries(encoder, queries)
+            if id(encoder) not in self._warm_encoders:
+                # A model's first forward pass pays one-off set-up: never time it.
+                encode_queries(encoder, queries[:2])
+                self._warm_encoders.add(id(encoder))
+            before = calibration_ms()
+            encoded = encode_queries(encoder, queries)
+            calibration = float(np.median([before, calibration_ms()]))
+            self._encoded[key] = SharedEncoding(encoded, calibration)
         return self._encoded[key]
 
     def index(self, path: str) -> LoadedIndex:
@@ -250,8 +284,9 @@ def _run_check(
     baseline: HistoryRow | None,
     folder: str,
 ) -> CheckOutcome:
-    _search(check, prep, cache, slice(0, 2))  # warm-up: page in the index, allocate buffers
-    ranked, latency, calibration = _timed_search(check, prep, cache)
+    encoded = cache.encoded(prep.encoder, prep.queries.queries)
+    _search(check, prep, encoded.queries, cache, slice(0, 2))  # warm-up: pages, buffers
+    ranked, latency, calibration = _timed_search(check, prep, encoded, cache)
     check_folder = join_uri(folder, "checks", check.name)
     _, ev = write_run_folder(
         check_folder,
@@ -301,9 +336,10 @@ CALIBRATION_EVERY = 32
 
 
 def _timed_search(
-    check: Check, prep: _Prepared, cache: WarmCache
+    check: Check, prep: _Prepared, encoded: SharedEncoding, cache: WarmCache
 ) -> tuple[dict[str, Ranked], dict[str, float], float]:
-    """The check's ranked lists, each query's latency in ms, and the calibration in ms.
+    """The check's ranked lists, each query's latency in ms (its share of the encoding,
+    :meth:`SharedEncoding.share_ms`, plus its search), and the calibration in ms.
 
     The calibration is sampled before the search and again after every
     :data:`CALIBRATION_EVERY` queries, and its median is used: on a shared machine a burst
@@ -313,19 +349,24 @@ def _timed_search(
     call each, timed as a whole, so they get a sample before and one after.
     """
     if check.index is not None and check.rerank is None and not check.embeddings:
+        loaded = cache.index(str(check.index))
         # Reported once per check here; each chunk's search resolves them silently.
-        default_params(cache.index(str(check.index)).meta, check.params)
+        default_params(loaded.meta, check.params)
+        warm(loaded, check.params)
     samples = [calibration_ms()]
     n = len(prep.queries.queries)
     step = n if check.rerank is not None or check.embeddings else CALIBRATION_EVERY
     ranked: dict[str, Ranked] = {}
     latency: dict[str, float] = {}
     for start in range(0, n, max(1, step)):
-        chunk_ranked, chunk_latency = _search(check, prep, cache, slice(start, start + step))
+        chunk = slice(start, start + step)
+        chunk_ranked, chunk_latency = _search(check, prep, encoded.queries, cache, chunk)
         ranked.update(chunk_ranked)
         latency.update(chunk_latency)
         samples.append(calibration_ms())
-    return ranked, latency, float(np.median(samples))
+    calibration = float(np.median(samples))
+    share = encoded.share_ms(calibration)
+    return ranked, {q: ms + share for q, ms in latency.items()}, calibration
 
 
 def _per_measure(ev: Evaluation) -> dict[str, dict[str, float]]:
@@ -350,25 +391,22 @@ def _judge(
 
 
 def _search(
-    check: Check, prep: _Prepared, cache: WarmCache, chunk: slice
+    check: Check, prep: _Prepared, encoded: EncodedQueries, cache: WarmCache, chunk: slice
 ) -> tuple[dict[str, Ranked], dict[str, float]]:
-    """The ranked lists of the check's queries ``chunk`` and each one's latency in ms: its
-    share of the (shared, untimed here) encoding plus the search."""
-    every = prep.queries.queries
-    encoded = cache.encoded(prep.encoder, every)
-    enc_each = encoded.seconds * 1000 / max(1, len(every))
+    """The ranked lists of the check's queries ``chunk`` (``encoded`` holds all of the
+    check's queries, in order) and each one's search latency in ms."""
     query_ids, vectors = encoded.query_ids[chunk], encoded.vectors[chunk]
     n = max(1, len(query_ids))
     t0 = time.perf_counter()
     if check.rerank is not None:
         by_id = dict(zip(query_ids, vectors, strict=True))
         ranked = _rerank(check, by_id, prep.given or {}, cache)
-        each = enc_each + (time.perf_counter() - t0) * 1000 / n
+        each = (time.perf_counter() - t0) * 1000 / n
         return ranked, dict.fromkeys(query_ids, each)
     if check.embeddings:
         store = cache.embeddings(check.embeddings)
         result = exact_search(store, vectors, k=check.params.k)
-        each = enc_each + (time.perf_counter() - t0) * 1000 / n
+        each = (time.perf_counter() - t0) * 1000 / n
         ranked = {
             qid: ranked_list(result.doc_index[i], result.scores[i], result.doc_ids)
             for i, qid in enumerate(query_ids)
@@ -380,7 +418,7 @@ def _search(
     ranked, latency = {}, {}
     for qid, r in zip(query_ids, results, strict=True):
         ranked[qid] = ranked_list(r.doc_index, r.scores, loaded.doc_ids)
-        latency[qid] = enc_each + 1000 * sum(r.timings.values())
+        latency[qid] = 1000 * sum(r.timings.values())
     return ranked, latency
 
 

@@ -148,7 +148,10 @@ def param_problems(meta: IndexMeta, params: SearchParams) -> list[str]:
 
 def resolved_params(meta: IndexMeta, params: SearchParams) -> SearchParams:
     """:func:`default_params` without the logging: defaults filled, inapplicable
-    settings dropped."""
+    settings dropped, and ``k_prime`` capped at the index's token count (more hits than
+    tokens are only FAISS's -1 padding, 12 bytes each per query token: a k_prime of
+    100,000 over 20,000 tokens would allocate them)."""
+    params = dataclasses.replace(params, k_prime=min(params.k_prime, max(1, meta.n_tokens)))
     nprobe, ef, full = params.nprobe, params.ef_search, params.full_scores
     if not meta.nlist:
         nprobe = None
@@ -184,13 +187,14 @@ def warm(loaded: LoadedIndex, params: SearchParams) -> None:
     the clock: with ``full_scores``, each document's distinct centroids
     (:meth:`.ResidualStore.document_centroids`, ~2 s per 10M tokens).
 
-    Callers that time queries without a warm-up search (the Ray search actors) call this
-    once after loading.
+    Everything that times queries calls this once after loading (the Ray search actors,
+    nightly, study points, the benchmarks): a warm-up search collects them only when it
+    happens to have more candidates than ``full_scores``.
     """
-    store = loaded.store
-    if resolved_params(loaded.meta, params).full_scores is not None and isinstance(
-        store, ResidualStore
-    ):
+    store, p = loaded.store, resolved_params(loaded.meta, params)
+    # The centroid interaction only runs when more candidates than it keeps can arrive.
+    pruning = p.exact_count is not None and p.exact_count < p.max_candidates
+    if pruning and isinstance(store, ResidualStore):
         store.document_centroids(loaded.doc_offsets)
 
 
@@ -215,10 +219,7 @@ def search(
         return []
     flat = np.ascontiguousarray(np.concatenate(queries), dtype=np.float32)
     t0 = time.perf_counter()
-    # More hits than the index has tokens only pads with -1: a k_prime of 100,000 over
-    # 20,000 tokens would allocate 12 bytes per padded hit per query token.
-    k_prime = min(params.k_prime, max(1, loaded.index.ntotal))
-    sims, token_ids = loaded.index.search(flat, k_prime)
+    sims, token_ids = loaded.index.search(flat, params.k_prime)
     ann_s = time.perf_counter() - t0
     docs = token_to_doc(loaded.doc_offsets, token_ids)
     results: list[QueryResult] = []

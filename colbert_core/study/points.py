@@ -38,7 +38,7 @@ from ..evaluation.rundir import scored_docs
 from ..index import IndexConfig, IndexSpec, build_index, index_exists, load_index, read_index_meta
 from ..index.build import peak_rss_mb
 from ..search import SearchParams
-from ..search.ann import default_params, search
+from ..search.ann import default_params, search, warm
 from ..search.maxsim import CandidateScorer
 from ..search.queries import ranked_list
 from ..tokenstore.store import StoreSpec
@@ -227,6 +227,7 @@ def _measure(
     scorer: CandidateScorer,
 ) -> dict[str, Any]:
     vectors = queries.vectors
+    warm(loaded, params)
     search(loaded, vectors[:2], params, scorer)  # warm-up: first-touch of pages, buffers
     t0 = time.perf_counter()
     results = search(loaded, vectors, params, scorer)
